@@ -1,0 +1,64 @@
+"""Gradient check: hand-written backward vs central finite differences, in float64.
+
+The loss is `sum(logits * dout)` with a *random* upstream gradient `dout` (never all ones: the gradient of
+`sum(softmax)` or of `sum(layernorm)` with unit gain is identically zero, so such a check cannot fail).
+Every parameter tensor is checked, and so is the input embedding x0 (the residual stream / RNN input that
+the tokens are looked up into).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+REL_TOL = 1e-6   # float64 central differences: ~1e-7 expected (STYLE.md)
+EPS = 1e-5       # finite-difference step
+MAX_ENTRIES = 40  # entries probed per tensor (random subset for large tensors; all entries for small ones)
+
+
+def _loss(model, tokens, dout, x0):
+    logits, _ = model.forward(tokens, x0=x0)
+    return float((logits * dout).sum())
+
+
+def rel_err(a, b):
+    """max |a-b| / max(|a|, |b|, 1e-8) elementwise: the usual gradient-check error, safe near zero."""
+    return np.abs(a - b) / np.maximum(np.maximum(np.abs(a), np.abs(b)), 1e-8)
+
+
+def check_model(model, tokens, x0, seed=0, max_entries=MAX_ENTRIES):
+    """Compare analytic and numerical gradients of sum(logits * dout) for every tensor and for x0.
+
+    model must be float64. Returns rows: dict(name, shape, max_abs_diff, max_rel_err, ok).
+    """
+    assert model.params.dtype == np.float64, "gradient checks need float64"
+    rng = np.random.default_rng(seed)
+    logits, cache = model.forward(tokens, x0=x0)
+    dout = rng.standard_normal(logits.shape)
+    model.params.zero_grad()
+    dx0 = model.backward(dout, cache)
+
+    tensors = [(name, model.params[name], model.params.grads[name]) for name in model.params.names()]
+    tensors.append(("input embedding x0", x0, dx0))
+    rows = []
+    for name, value, grad in tensors:
+        flat_v = value.reshape(-1)
+        flat_g = np.asarray(grad).reshape(-1)
+        n = flat_v.size
+        idx = np.arange(n) if n <= max_entries else rng.choice(n, size=max_entries, replace=False)
+        num = np.empty(len(idx))
+        for j, i in enumerate(idx):
+            old = flat_v[i]
+            flat_v[i] = old + EPS
+            lp = _loss(model, tokens, dout, x0)
+            flat_v[i] = old - EPS
+            lm = _loss(model, tokens, dout, x0)
+            flat_v[i] = old
+            num[j] = (lp - lm) / (2 * EPS)
+        ana = flat_g[idx]
+        abs_diff = float(np.max(np.abs(ana - num))) if len(idx) else 0.0
+        # relative error, but entries whose gradient is ~0 both ways count as exact (abs diff tiny)
+        rel = rel_err(ana, num)
+        rel = np.where(np.abs(ana - num) < 1e-9, 0.0, rel)
+        max_rel = float(rel.max()) if len(idx) else 0.0
+        rows.append(dict(name=name, shape=tuple(value.shape), max_abs_diff=abs_diff,
+                         max_rel_err=max_rel, ok=bool(max_rel < REL_TOL)))
+    return rows

@@ -1,0 +1,70 @@
+"""One flat parameter buffer with named views (the llm.c layout).
+
+All parameters of a model live in one contiguous 1-D array `data`, and all gradients in a twin `grad`; every
+named tensor (`blocks.0.attn.W_Q`, `weight_hh_l0`, ...) is a *view* into them. So AdamW, gradient clipping,
+zeroing and checkpointing are each one loop over one array, and the names match the ecosystem the user moves
+to next (TransformerLens for the transformer, PyTorch nn.RNN/GRU/LSTM for recurrent nets).
+
+Write into a view (`p["x"][...] = v`), never rebind it: rebinding would detach it from the flat buffer.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Params:
+    """Named views into one flat `data` buffer and one flat `grad` buffer.
+
+    spec: list of (name, shape) in a fixed order; that order is the layout of the flat buffer.
+    """
+
+    def __init__(self, spec: list[tuple[str, tuple[int, ...]]], dtype=np.float32):
+        self.spec = [(name, tuple(int(d) for d in shape)) for name, shape in spec]
+        self.dtype = np.dtype(dtype)
+        n = sum(int(np.prod(shape)) for _, shape in self.spec)
+        self.data = np.zeros(n, dtype=self.dtype)   # (P,) every parameter
+        self.grad = np.zeros(n, dtype=self.dtype)   # (P,) their gradients, accumulated by backward
+        self.values: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.offsets: dict[str, tuple[int, int]] = {}
+        at = 0
+        for name, shape in self.spec:
+            size = int(np.prod(shape))
+            self.values[name] = self.data[at:at + size].reshape(shape)
+            self.grads[name] = self.grad[at:at + size].reshape(shape)
+            self.offsets[name] = (at, at + size)
+            at += size
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.values[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.values
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.spec]
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def zero_grad(self) -> None:
+        self.grad[...] = 0
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every tensor under its ecosystem name (what a checkpoint stores)."""
+        return {name: self.values[name].copy() for name in self.names()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy tensors in by name; every name must be present with the right shape (checked by the caller
+        for user-facing messages; asserted here)."""
+        for name, shape in self.spec:
+            arr = np.asarray(state[name])
+            assert arr.shape == shape, f"{name}: expected {shape}, got {arr.shape}"
+            self.values[name][...] = arr
+
+    def astype(self, dtype) -> "Params":
+        """A new Params of another dtype with the same values (float64 for checks, float32 for speed)."""
+        out = Params(self.spec, dtype)
+        out.data[...] = self.data
+        return out
