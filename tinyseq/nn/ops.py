@@ -1,0 +1,212 @@
+"""Plain NumPy forward/backward pairs: the reference a learner reads first.
+
+Shape letters: B batch, T time, C d_model (or any feature width), V vocab, NH heads, HS head size,
+F d_mlp, N = B*T rows.
+
+Conventions (from llm.c): forward functions return their output (and whatever backward needs);
+backward functions *accumulate* (`+=`) into gradient buffers that the caller zeroed once per step, and
+return the gradient of the input. Each backward quotes the forward line it inverts.
+The Numba twins in `kernels.py` have the same signatures and are tested against these.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+# ----------------------------------------------------------------------------------------------------------
+# token embedding: a row lookup
+def embedding_forward(W, tokens):  # (V, C), (B, T) int -> (B, T, C)
+    return W[tokens]
+
+
+def embedding_backward(dW, dout, tokens):  # (V, C) +=, (B, T, C), (B, T)
+    # forward was: out[b, t] = W[tokens[b, t]]  ->  dW[tokens[b, t]] += dout[b, t]
+    # np.add.at, not dW[tokens] += ...: fancy-index += would drop repeated tokens' updates.
+    np.add.at(dW, tokens.reshape(-1), dout.reshape(-1, dout.shape[-1]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# affine map on the last axis: out = x @ W + b
+def linear_forward(x, W, b):  # (..., C), (C, D), (D,) or None -> (..., D)
+    out = x @ W
+    if b is not None:
+        out += b
+    return out
+
+
+def linear_backward(dW, db, dout, x, W):  # (C, D) +=, (D,) += or None, (..., D), (..., C), (C, D) -> (..., C)
+    # forward was: out = x @ W + b  ->  dx = dout @ W.T ; dW += x.T @ dout ; db += sum(dout)
+    C, D = W.shape
+    x2 = x.reshape(-1, C)
+    d2 = dout.reshape(-1, D)
+    dW += x2.T @ d2
+    if db is not None:
+        db += d2.sum(axis=0)
+    return dout @ W.T
+
+
+# ----------------------------------------------------------------------------------------------------------
+# softmax cross-entropy, mean over all B*T tokens, in nats; backward fused with the softmax
+def cross_entropy_forward(logits, targets):  # (B, T, V), (B, T) int -> loss scalar, probs (B, T, V)
+    # subtract each row's own max (not a global max) so exp never overflows and every row keeps precision
+    z = logits - logits.max(axis=-1, keepdims=True)
+    ez = np.exp(z)
+    sumz = ez.sum(axis=-1, keepdims=True)
+    probs = ez / sumz
+    logp_target = np.take_along_axis(z, targets[..., None], axis=-1)[..., 0] - np.log(sumz[..., 0])
+    loss = -logp_target.mean()
+    return loss, probs
+
+
+def cross_entropy_backward(probs, targets, scale=None):  # (B, T, V), (B, T) -> dlogits (B, T, V)
+    # forward was: loss = mean_n -log softmax(logits_n)[target_n]
+    #   ->  dlogits_n = (softmax(logits_n) - onehot(target_n)) / N   (softmax and log fused: no Jacobian)
+    N = targets.size
+    dlogits = probs.copy()
+    np.put_along_axis(dlogits, targets[..., None], np.take_along_axis(probs, targets[..., None], -1) - 1, -1)
+    dlogits *= (1.0 / N) if scale is None else scale
+    return dlogits.astype(probs.dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# token + learned positional embedding (the "encoder" of llm.c): x0 = W_E[tokens] + W_pos[:T]
+def encoder_forward(W_E, W_pos, tokens):  # (V, C), (n_ctx, C), (B, T) int -> (B, T, C)
+    T = tokens.shape[1]
+    return embedding_forward(W_E, tokens) + W_pos[:T]
+
+
+def encoder_backward(dW_E, dW_pos, dout, tokens):  # (V, C) +=, (n_ctx, C) +=, (B, T, C), (B, T)
+    # forward was: out = W_E[tokens] + W_pos[:T]  ->  dW_E[tokens] += dout ; dW_pos[:T] += sum_b dout
+    T = tokens.shape[1]
+    embedding_backward(dW_E, dout, tokens)
+    dW_pos[:T] += dout.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# layer normalisation over the last axis (biased variance, eps inside the sqrt, as PyTorch/TransformerLens)
+LN_EPS = 1e-5
+
+
+def layernorm_forward(x, w, b):  # (..., C), (C,), (C,) -> out (..., C), mean (...), rstd (...)
+    mean = x.mean(axis=-1)
+    xc = x - mean[..., None]
+    var = (xc * xc).mean(axis=-1)                  # biased: divide by C, not C-1
+    rstd = 1.0 / np.sqrt(var + LN_EPS)              # reciprocal standard deviation, kept for backward
+    norm = xc * rstd[..., None]
+    out = norm * w + b
+    return out, mean, rstd
+
+
+def layernorm_backward(dw, db, dout, x, w, mean, rstd):  # (C,) +=, (C,) +=, (..., C), (..., C), (C,), (...), (...) -> dx (..., C)
+    # forward was: norm = (x - mean) * rstd ; out = norm * w + b
+    #   ->  dw += sum(dout * norm) ; db += sum(dout) ; dnorm = dout * w
+    C = x.shape[-1]
+    norm = (x - mean[..., None]) * rstd[..., None]
+    dw += (dout * norm).reshape(-1, C).sum(axis=0)
+    db += dout.reshape(-1, C).sum(axis=0)
+    dnorm = dout * w
+    # mean and rstd both depend on x; pushing dnorm through them (no C x C Jacobian needed) gives
+    #   dx = rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
+    dx = dnorm - dnorm.mean(axis=-1, keepdims=True) - norm * (dnorm * norm).mean(axis=-1, keepdims=True)
+    dx *= rstd[..., None]
+    return dx
+
+
+# ----------------------------------------------------------------------------------------------------------
+# per-head input projection (W_Q, W_K or W_V in TransformerLens layout): out[b,n,t] = x[b,t] @ W[n] + b[n]
+def head_in_forward(x, W, b):  # (B, T, C), (NH, C, HS), (NH, HS) -> (B, NH, T, HS)
+    # einsum("btc,nch->bnth") written as a broadcast matmul, so NumPy hands it to BLAS
+    return x[:, None] @ W[None] + b[None, :, None, :]
+
+
+def head_in_backward(dW, db, dout, x, W):  # (NH, C, HS) +=, (NH, HS) +=, (B, NH, T, HS), (B, T, C), (NH, C, HS) -> dx (B, T, C)
+    # forward was: out[b,n,t] = x[b,t] @ W[n] + b[n]
+    #   ->  dW[n] += sum_bt x[b,t]^T dout[b,n,t] ; db[n] += sum_bt dout[b,n,t] ; dx[b,t] = sum_n dout[b,n,t] @ W[n]^T
+    B, NH, T, HS = dout.shape
+    C = x.shape[-1]
+    d = dout.transpose(1, 0, 2, 3).reshape(NH, B * T, HS)    # (NH, N, HS)
+    dW += x.reshape(B * T, C).T @ d                           # (C, N) @ (NH, N, HS) -> (NH, C, HS)
+    db += d.sum(axis=1)
+    return (dout @ W.transpose(0, 2, 1)[None]).sum(axis=1)    # (B, NH, T, C) summed over heads
+
+
+# ----------------------------------------------------------------------------------------------------------
+# output projection of all heads back to the residual width: out[b,t] = sum_n z[b,n,t] @ W_O[n] + b_O
+def head_out_forward(z, W, b):  # (B, NH, T, HS), (NH, HS, C), (C,) -> (B, T, C)
+    return (z @ W[None]).sum(axis=1) + b
+
+
+def head_out_backward(dW, db, dout, z, W):  # (NH, HS, C) +=, (C,) +=, (B, T, C), (B, NH, T, HS), (NH, HS, C) -> dz (B, NH, T, HS)
+    # forward was: out[b,t] = sum_n z[b,n,t] @ W[n] + b
+    #   ->  dW[n] += sum_bt z[b,n,t]^T dout[b,t] ; db += sum_bt dout[b,t] ; dz[b,n,t] = dout[b,t] @ W[n]^T
+    B, NH, T, HS = z.shape
+    C = dout.shape[-1]
+    zn = z.transpose(1, 0, 2, 3).reshape(NH, B * T, HS)      # (NH, N, HS)
+    dW += zn.transpose(0, 2, 1) @ dout.reshape(B * T, C)       # (NH, HS, N) @ (N, C) -> (NH, HS, C)
+    db += dout.reshape(B * T, C).sum(axis=0)
+    return dout[:, None] @ W.transpose(0, 2, 1)[None]          # (B, 1, T, C) @ (1, NH, C, HS) -> (B, NH, T, HS)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# causal multi-head self-attention on already-projected heads: out = softmax(q k^T / sqrt(HS) + mask) v
+def attention_forward(q, k, v):  # (B, NH, T, HS) x3 -> out (B, NH, T, HS), att (B, NH, T, T)
+    T, HS = q.shape[-2:]
+    scale = 1.0 / math.sqrt(HS)                       # a Python float keeps float32 float32
+    scores = (q @ k.swapaxes(-1, -2)) * scale              # (B, NH, T, T): query t (row) against key s (column)
+    future = np.triu(np.ones((T, T), dtype=bool), k=1)     # s > t: a position must not see the future
+    scores[..., future] = -np.inf                           # exp(-inf) = 0 exactly
+    # subtract each row's own max (the diagonal is never masked, so it is finite)
+    scores -= scores.max(axis=-1, keepdims=True)
+    att = np.exp(scores)
+    att /= att.sum(axis=-1, keepdims=True)                  # (B, NH, T, T) rows sum to 1
+    out = att @ v
+    return out, att
+
+
+def attention_backward(dout, q, k, v, att):  # (B, NH, T, HS), q, k, v, (B, NH, T, T) -> dq, dk, dv (B, NH, T, HS)
+    # forward was: out = att @ v  ->  datt = dout @ v^T ; dv = att^T @ dout
+    HS = q.shape[-1]
+    scale = 1.0 / math.sqrt(HS)
+    datt = dout @ v.swapaxes(-1, -2)
+    dv = att.swapaxes(-1, -2) @ dout
+    # forward was: att = softmax(scores) per row  ->  dscores = att * (datt - sum_s(datt * att))
+    # (masked entries have att = 0, so they get no gradient: the mask needs no backward of its own)
+    dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
+    # forward was: scores = q @ k^T * scale  ->  dq = dscores @ k * scale ; dk = dscores^T @ q * scale
+    dq = (dscores @ k) * scale
+    dk = (dscores.swapaxes(-1, -2) @ q) * scale
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MLP nonlinearities, elementwise
+def relu_forward(x):  # (...) -> (...)
+    return np.maximum(x, 0)
+
+
+def relu_backward(dout, x):  # (...), (...) -> dx (...)
+    # forward was: out = max(x, 0)  ->  dx = dout where x > 0 else 0
+    return dout * (x > 0)
+
+
+# GELU, tanh approximation ("gelu_new" in TransformerLens / HF GPT-2, torch gelu(approximate="tanh")):
+#   gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+# It differs from the exact erf GELU by < 1e-3; the tanh form is cheap and needs no erf.
+GELU_SCALE = math.sqrt(2.0 / math.pi)   # Python floats: they keep a float32 array float32 (NEP 50)
+GELU_CUBIC = 0.044715
+
+
+def gelu_forward(x):  # (...) -> (...)
+    u = GELU_SCALE * (x + GELU_CUBIC * x * x * x)    # x*x*x, not x**3 (STYLE.md)
+    return 0.5 * x * (1.0 + np.tanh(u))
+
+
+def gelu_backward(dout, x):  # (...), (...) -> dx (...)
+    # forward was: out = 0.5 x (1 + tanh(u)), u = s (x + a x^3)
+    #   ->  dx = dout * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) s (1 + 3 a x^2))
+    u = GELU_SCALE * (x + GELU_CUBIC * x * x * x)
+    th = np.tanh(u)
+    du = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x)
+    return dout * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du)

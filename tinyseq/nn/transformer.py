@@ -1,0 +1,270 @@
+# B batch, T time (T <= n_ctx), C d_model, V vocab (d_vocab), NH heads, HS head size (d_head), F d_mlp
+"""A pre-LayerNorm causal transformer in NumPy, with a hand-written backward that is the forward in reverse.
+
+    x0 = W_E[tokens] + W_pos[:T]                      hook: blocks.0.hook_resid_pre
+    for each block l:
+        x = x + attn(ln1(x))                          hook: blocks.{l}.hook_resid_mid
+        x = x + mlp(ln2(x))                           hook: blocks.{l}.hook_resid_post
+    logits = ln_final(x) @ W_U + b_U                  hook: ln_final.hook_normalized
+
+Parameter and hook names and shapes are those of a TransformerLens HookedTransformer, so a trained state dict
+loads there by name (with act_fn "gelu_new" if ours used "gelu", see TransformerConfig.act_fn).
+The ops come from `self.ops` (plain NumPy `ops.py` now; Numba twins with the same signatures can be swapped in).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinyseq.errors import TinyseqError
+from tinyseq.nn import ops as numpy_ops
+from tinyseq.nn.params import Params
+
+ACT_FNS = ("relu", "gelu", "gelu_new")      # "gelu" is the tanh form, i.e. TransformerLens's "gelu_new"
+NORMALIZATION_TYPES = ("LN", None)
+
+
+@dataclass
+class TransformerConfig:
+    """Sizes of the transformer; field names as TransformerLens's HookedTransformerConfig.
+
+    The defaults are a small, fast model for a 3-token process (a starting point; the training issue tunes
+    them). `paper_config(name)` gives the models of the belief-state-geometry paper.
+    """
+    d_vocab: int = 3                 # V: number of token values (set from the process)
+    n_ctx: int = 10                  # longest context; the positional embedding has n_ctx rows
+    n_layers: int = 2                # transformer blocks
+    d_model: int = 32                # C: residual stream width
+    n_heads: int = 2                 # NH: attention heads per block
+    d_head: int = 16                 # HS: size of each head (n_heads * d_head need not equal d_model)
+    d_mlp: int = 128                 # F: hidden width of each MLP (4 * d_model, as GPT-2)
+    act_fn: str = "relu"             # "relu", or "gelu": tanh approximation (= TransformerLens "gelu_new")
+    normalization_type: str | None = "LN"   # "LN": LayerNorm before attn, mlp and unembed; None: no LayerNorm
+    initializer_range: float = 0.02  # std of the normal init of every weight matrix (GPT-2's 0.02);
+    #                                  biases start at 0, LayerNorm gains at 1.
+
+    def __post_init__(self):
+        # from a command line the "no LayerNorm" choice arrives as a string
+        if isinstance(self.normalization_type, str) and self.normalization_type.lower() in ("none", ""):
+            self.normalization_type = None
+
+    def validate(self) -> "TransformerConfig":
+        """Raise TinyseqError (one line: what is wrong, how to fix it) for sizes the model cannot be built with."""
+        for name in ("d_vocab", "n_ctx", "n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise TinyseqError(f"transformer {name} must be a positive integer, got {value!r}: "
+                                   f"pass e.g. --{name.replace('_', '-')} {getattr(TransformerConfig, name)}")
+        if self.n_ctx < 2:
+            raise TinyseqError(f"transformer n_ctx must be at least 2 (one token predicts the next), "
+                               f"got {self.n_ctx}: pass a longer context, e.g. --n-ctx 10")
+        if self.d_vocab < 2:
+            raise TinyseqError(f"transformer d_vocab must be at least 2, got {self.d_vocab}: "
+                               f"it is the number of token values of the process")
+        if self.act_fn not in ACT_FNS:
+            raise TinyseqError(f"unknown act_fn {self.act_fn!r}: use one of {', '.join(ACT_FNS)}")
+        if self.normalization_type not in NORMALIZATION_TYPES:
+            raise TinyseqError(f"unknown normalization_type {self.normalization_type!r}: "
+                               f"use 'LN' (LayerNorm) or None (no normalisation)")
+        r = self.initializer_range
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
+            raise TinyseqError(f"initializer_range must be a positive number, got {r!r}: e.g. 0.02")
+        return self
+
+
+def paper_config(process_name: str) -> TransformerConfig:
+    """The transformer trained on `process_name` in Shai et al. 2024, "Transformers represent belief state
+    geometry in their residual stream": "mess3" or "rrxor" (parameters after ':' are ignored)."""
+    name = process_name.split(":")[0].strip().lower()
+    if name == "mess3":
+        return TransformerConfig(d_vocab=3, n_ctx=10, n_layers=4, d_model=64, n_heads=1, d_head=8, d_mlp=256,
+                                 act_fn="relu", normalization_type="LN")
+    if name == "rrxor":
+        return TransformerConfig(d_vocab=2, n_ctx=10, n_layers=4, d_model=128, n_heads=4, d_head=16, d_mlp=512,
+                                 act_fn="relu", normalization_type="LN")
+    raise TinyseqError(f"no published transformer for process {process_name!r}: use 'mess3' or 'rrxor', "
+                       f"or build a TransformerConfig yourself")
+
+
+def param_spec(cfg: TransformerConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every tensor, in flat-buffer order; names and shapes as a TransformerLens state dict."""
+    V, C, NH, HS, F = cfg.d_vocab, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
+    ln = cfg.normalization_type == "LN"
+    spec = [("embed.W_E", (V, C)), ("pos_embed.W_pos", (cfg.n_ctx, C))]
+    for l in range(cfg.n_layers):
+        p = f"blocks.{l}"
+        if ln:
+            spec += [(f"{p}.ln1.w", (C,)), (f"{p}.ln1.b", (C,))]
+        spec += [(f"{p}.attn.W_Q", (NH, C, HS)), (f"{p}.attn.W_K", (NH, C, HS)), (f"{p}.attn.W_V", (NH, C, HS)),
+                 (f"{p}.attn.W_O", (NH, HS, C)),
+                 (f"{p}.attn.b_Q", (NH, HS)), (f"{p}.attn.b_K", (NH, HS)), (f"{p}.attn.b_V", (NH, HS)),
+                 (f"{p}.attn.b_O", (C,))]
+        if ln:
+            spec += [(f"{p}.ln2.w", (C,)), (f"{p}.ln2.b", (C,))]
+        spec += [(f"{p}.mlp.W_in", (C, F)), (f"{p}.mlp.b_in", (F,)),
+                 (f"{p}.mlp.W_out", (F, C)), (f"{p}.mlp.b_out", (C,))]
+    if ln:
+        spec += [("ln_final.w", (C,)), ("ln_final.b", (C,))]
+    spec += [("unembed.W_U", (C, V)), ("unembed.b_U", (V,))]
+    return spec
+
+
+class Transformer:
+    """Pre-LN causal transformer. forward -> (logits, cache); backward(dlogits, cache) += params.grad.
+
+    The cache is a dict of arrays keyed by TransformerLens hook names (plus `.mean`/`.rstd` for LayerNorm);
+    q, k, v, z are stored as (B, NH, T, HS), not TransformerLens's (B, T, NH, HS).
+    """
+
+    def __init__(self, config: TransformerConfig, dtype=np.float32, seed: int = 0):
+        self.config = config.validate()
+        self.ops = numpy_ops           # the op module; a fast backend swaps in twins with the same signatures
+        self.backend = "numpy"
+        self.params = Params(param_spec(config), dtype)
+        self.init_params(seed)
+
+    def init_params(self, seed: int = 0) -> None:
+        """Weights ~ N(0, initializer_range), biases 0, LayerNorm gains 1; drawn in float64 so that a float32
+        and a float64 model from the same seed hold the same numbers (up to rounding)."""
+        rng = np.random.default_rng(seed)
+        for name, shape in self.params.spec:
+            leaf = name.rsplit(".", 1)[1]
+            if leaf.startswith("W_"):
+                self.params[name][...] = rng.standard_normal(shape) * self.config.initializer_range
+            elif leaf == "w":                        # LayerNorm gain
+                self.params[name][...] = 1.0
+            else:                                    # every bias, LayerNorm shift included
+                self.params[name][...] = 0.0
+
+    # ------------------------------------------------------------------------------------------------------
+    # LayerNorm if the config has it, else the identity (then the ln tensors do not exist)
+    def _norm_forward(self, name, x, cache):  # (B, T, C) -> (B, T, C)
+        if self.config.normalization_type is None:
+            cache[f"{name}.hook_normalized"] = x
+            return x
+        P = self.params
+        out, mean, rstd = self.ops.layernorm_forward(x, P[f"{name}.w"], P[f"{name}.b"])
+        cache[f"{name}.hook_normalized"], cache[f"{name}.mean"], cache[f"{name}.rstd"] = out, mean, rstd
+        return out
+
+    def _norm_backward(self, name, dout, x, cache):  # (B, T, C), (B, T, C) -> dx (B, T, C)
+        if self.config.normalization_type is None:
+            return dout
+        P, G = self.params, self.params.grads
+        return self.ops.layernorm_backward(G[f"{name}.w"], G[f"{name}.b"], dout, x, P[f"{name}.w"],
+                                           cache[f"{name}.mean"], cache[f"{name}.rstd"])
+
+    def _act(self):
+        """(forward, backward) of the MLP nonlinearity, looked up in self.ops so a backend swap covers it."""
+        name = "relu" if self.config.act_fn == "relu" else "gelu"
+        return getattr(self.ops, f"{name}_forward"), getattr(self.ops, f"{name}_backward")
+
+    # ------------------------------------------------------------------------------------------------------
+    def _check_tokens(self, tokens):
+        tokens = np.asarray(tokens)
+        if tokens.ndim == 1:                         # one sequence: a batch of one
+            tokens = tokens[None]
+        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+            raise TinyseqError(f"tokens must be an integer array (B, T), got {tokens.dtype} {tokens.shape}")
+        T = tokens.shape[1]
+        if not 1 <= T <= self.config.n_ctx:
+            raise TinyseqError(f"sequence length {T} is outside 1..n_ctx={self.config.n_ctx}: "
+                               f"cut the sequences to at most {self.config.n_ctx} tokens")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.d_vocab):
+            raise TinyseqError(f"token values must be in 0..{self.config.d_vocab - 1}, got "
+                               f"{tokens.min()}..{tokens.max()}: the model was built for another vocabulary")
+        return tokens
+
+    def forward(self, tokens, x0=None):  # (B, T) int [, (B, T, C)] -> logits (B, T, V), cache
+        """Logits and the cache backward needs. x0, if given, replaces W_E[tokens] + W_pos[:T] (then the
+        embedding tables get no gradient)."""
+        ops, P = self.ops, self.params
+        tokens = self._check_tokens(tokens)
+        cache = {"tokens": tokens, "x0_given": x0 is not None}
+        if x0 is None:
+            x = ops.encoder_forward(P["embed.W_E"], P["pos_embed.W_pos"], tokens)      # (B, T, C)
+        else:
+            x = np.asarray(x0, dtype=P.dtype)
+        for l in range(self.config.n_layers):
+            x = self._block_forward(l, x, cache)                                      # (B, T, C)
+        xf = self._norm_forward("ln_final", x, cache)                                 # (B, T, C)
+        logits = ops.linear_forward(xf, P["unembed.W_U"], P["unembed.b_U"])           # (B, T, V)
+        return logits, cache
+
+    def backward(self, dlogits, cache):  # (B, T, V), cache -> dx0 (B, T, C); accumulates into params.grad
+        ops, P, G = self.ops, self.params, self.params.grads
+        dlogits = np.asarray(dlogits, dtype=P.dtype)
+        dxf = ops.linear_backward(G["unembed.W_U"], G["unembed.b_U"], dlogits,
+                                  cache["ln_final.hook_normalized"], P["unembed.W_U"])
+        x_last = cache[f"blocks.{self.config.n_layers - 1}.hook_resid_post"]
+        dx = self._norm_backward("ln_final", dxf, x_last, cache)
+        for l in reversed(range(self.config.n_layers)):
+            dx = self._block_backward(l, dx, cache)
+        if not cache["x0_given"]:
+            ops.encoder_backward(G["embed.W_E"], G["pos_embed.W_pos"], dx, cache["tokens"])
+        return dx
+
+    # ------------------------------------------------------------------------------------------------------
+    def _block_forward(self, l, x, cache):  # (B, T, C) -> (B, T, C)
+        ops, P, p = self.ops, self.params, f"blocks.{l}"
+        act_forward, _ = self._act()
+        cache[f"{p}.hook_resid_pre"] = x
+        # attention: x = x + attn(ln1(x))
+        h = self._norm_forward(f"{p}.ln1", x, cache)                                  # (B, T, C)
+        q = ops.head_in_forward(h, P[f"{p}.attn.W_Q"], P[f"{p}.attn.b_Q"])            # (B, NH, T, HS)
+        k = ops.head_in_forward(h, P[f"{p}.attn.W_K"], P[f"{p}.attn.b_K"])            # (B, NH, T, HS)
+        v = ops.head_in_forward(h, P[f"{p}.attn.W_V"], P[f"{p}.attn.b_V"])            # (B, NH, T, HS)
+        z, att = ops.attention_forward(q, k, v)                    # (B, NH, T, HS), (B, NH, T, T)
+        attn_out = ops.head_out_forward(z, P[f"{p}.attn.W_O"], P[f"{p}.attn.b_O"])    # (B, T, C)
+        x = x + attn_out
+        cache[f"{p}.attn.hook_q"], cache[f"{p}.attn.hook_k"], cache[f"{p}.attn.hook_v"] = q, k, v
+        cache[f"{p}.attn.hook_pattern"], cache[f"{p}.attn.hook_z"] = att, z
+        cache[f"{p}.hook_resid_mid"] = x
+        # MLP: x = x + W_out act(W_in ln2(x))
+        h = self._norm_forward(f"{p}.ln2", x, cache)                                  # (B, T, C)
+        pre = ops.linear_forward(h, P[f"{p}.mlp.W_in"], P[f"{p}.mlp.b_in"])           # (B, T, F)
+        post = act_forward(pre)                                                       # (B, T, F)
+        mlp_out = ops.linear_forward(post, P[f"{p}.mlp.W_out"], P[f"{p}.mlp.b_out"])  # (B, T, C)
+        x = x + mlp_out
+        cache[f"{p}.mlp.hook_pre"], cache[f"{p}.mlp.hook_post"] = pre, post
+        cache[f"{p}.hook_resid_post"] = x
+        return x
+
+    def _block_backward(self, l, dx, cache):  # (B, T, C) -> (B, T, C)
+        ops, P, G, p = self.ops, self.params, self.params.grads, f"blocks.{l}"
+        _, act_backward = self._act()
+        # MLP, forward was: x = x + mlp_out  ->  the residual passes dx through unchanged, plus the MLP path
+        dpost = ops.linear_backward(G[f"{p}.mlp.W_out"], G[f"{p}.mlp.b_out"], dx,
+                                    cache[f"{p}.mlp.hook_post"], P[f"{p}.mlp.W_out"])           # (B, T, F)
+        dpre = act_backward(dpost, cache[f"{p}.mlp.hook_pre"])                                   # (B, T, F)
+        dh = ops.linear_backward(G[f"{p}.mlp.W_in"], G[f"{p}.mlp.b_in"], dpre,
+                                 cache[f"{p}.ln2.hook_normalized"], P[f"{p}.mlp.W_in"])          # (B, T, C)
+        dx = dx + self._norm_backward(f"{p}.ln2", dh, cache[f"{p}.hook_resid_mid"], cache)       # (B, T, C)
+        # attention, forward was: x = x + attn_out
+        dz = ops.head_out_backward(G[f"{p}.attn.W_O"], G[f"{p}.attn.b_O"], dx,
+                                   cache[f"{p}.attn.hook_z"], P[f"{p}.attn.W_O"])                 # (B, NH, T, HS)
+        dq, dk, dv = ops.attention_backward(dz, cache[f"{p}.attn.hook_q"], cache[f"{p}.attn.hook_k"],
+                                            cache[f"{p}.attn.hook_v"], cache[f"{p}.attn.hook_pattern"])
+        h = cache[f"{p}.ln1.hook_normalized"]
+        dh = ops.head_in_backward(G[f"{p}.attn.W_V"], G[f"{p}.attn.b_V"], dv, h, P[f"{p}.attn.W_V"])  # (B, T, C)
+        dh += ops.head_in_backward(G[f"{p}.attn.W_K"], G[f"{p}.attn.b_K"], dk, h, P[f"{p}.attn.W_K"])
+        dh += ops.head_in_backward(G[f"{p}.attn.W_Q"], G[f"{p}.attn.b_Q"], dq, h, P[f"{p}.attn.W_Q"])
+        dx = dx + self._norm_backward(f"{p}.ln1", dh, cache[f"{p}.hook_resid_pre"], cache)       # (B, T, C)
+        return dx
+
+    # ------------------------------------------------------------------------------------------------------
+    def logits(self, tokens):  # (B, T) int -> (B, T, V)
+        return self.forward(tokens)[0]
+
+    def activations(self, tokens):  # (B, T) int -> {hook name: (B, T, C)} in pipeline order
+        """The residual stream at TransformerLens hook points: blocks.0.hook_resid_pre (embeddings), then
+        blocks.{l}.hook_resid_mid / hook_resid_post per block, then ln_final.hook_normalized (if LayerNorm)."""
+        _, cache = self.forward(tokens)
+        names = ["blocks.0.hook_resid_pre"]
+        for l in range(self.config.n_layers):
+            names += [f"blocks.{l}.hook_resid_mid", f"blocks.{l}.hook_resid_post"]
+        if self.config.normalization_type is not None:
+            names.append("ln_final.hook_normalized")
+        return {name: cache[name] for name in names}
