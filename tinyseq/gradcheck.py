@@ -62,3 +62,52 @@ def check_model(model, tokens, x0, seed=0, max_entries=MAX_ENTRIES):
         rows.append(dict(name=name, shape=tuple(value.shape), max_abs_diff=abs_diff,
                          max_rel_err=max_rel, ok=bool(max_rel < REL_TOL)))
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the tiny models `tinyseq gradcheck` and the test suite check (the same code, so the suite proves the command)
+MODEL_KINDS = ("transformer", "rnn", "gru", "lstm")
+
+
+def tiny_models(kind: str):
+    """(label, float64 model, tokens, x0) cases for one model kind: tiny shapes covering every code path."""
+    from tinyseq.nn.recurrent import Recurrent, RecurrentConfig
+    from tinyseq.nn.transformer import Transformer, TransformerConfig
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 3, size=(2, 5))
+    cases = []
+    if kind == "transformer":
+        configs = [("LN, relu, 2 heads of 3 (n_heads*d_head != d_model)",
+                    TransformerConfig(d_vocab=3, n_ctx=6, n_layers=2, d_model=8, n_heads=2, d_head=3, d_mlp=12,
+                                      act_fn="relu", initializer_range=0.5)),
+                   ("no LayerNorm, gelu",
+                    TransformerConfig(d_vocab=3, n_ctx=6, n_layers=1, d_model=6, n_heads=1, d_head=4, d_mlp=10,
+                                      act_fn="gelu", normalization_type=None, initializer_range=0.5))]
+        for label, cfg in configs:
+            model = Transformer(cfg, dtype=np.float64, seed=1)
+            for name in model.params.names():  # random biases and gains too, so no gradient is trivially zero
+                model.params[name][...] += 0.1 * rng.standard_normal(model.params[name].shape)
+            x0 = model.params["embed.W_E"][tokens] + model.params["pos_embed.W_pos"][:tokens.shape[1]]
+            cases.append((label, model, tokens, x0))
+    elif kind in ("rnn", "gru", "lstm"):
+        for layers, inp in ((1, "embedding"), (2, "onehot")):
+            cfg = RecurrentConfig(kind=kind, d_vocab=3, n_ctx=6, hidden=5, n_layers=layers, input=inp, d_embed=4)
+            model = Recurrent(cfg, dtype=np.float64, seed=1)
+            _, cache = model.forward(tokens)
+            x0 = rng.standard_normal((tokens.shape[0], tokens.shape[1], cfg.input_width))
+            cases.append((f"{layers} layer(s), {inp} input", model, tokens, x0))
+    else:
+        from tinyseq.errors import TinyseqError
+        raise TinyseqError(f"unknown model '{kind}'; choose one of {', '.join(MODEL_KINDS)} or all")
+    return cases
+
+
+def run(kind: str):
+    """[(kind, case label, rows)] for one kind or 'all'."""
+    kinds = MODEL_KINDS if kind == "all" else (kind,)
+    out = []
+    for k in kinds:
+        for label, model, tokens, x0 in tiny_models(k):
+            out.append((k, label, check_model(model, tokens, x0)))
+    return out

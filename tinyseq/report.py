@@ -78,3 +78,18 @@ def process_report(f: dict) -> str:
         "the number of states, a model could predict that perfectly while forgetting part of the belief.",
         tabulate(rows, headers=["prediction", "rank"], colalign=("left", "right"))))
     return "\n".join(out)
+
+
+def gradcheck_report(results, tol) -> str:
+    out = [f"Hand-written backward vs central finite differences, float64, random upstream gradient.\n"
+           f"A tensor passes when its largest relative error is below {tol:g}."]
+    for kind, label, rows in results:
+        body = [[r["name"], "x".join(map(str, r["shape"])), f"{r['max_abs_diff']:.2e}", f"{r['max_rel_err']:.2e}",
+                 "OK" if r["ok"] else "FAIL"] for r in rows]
+        out.append(f"\n{kind}: {label}")
+        out.append(tabulate(body, headers=["tensor", "shape", "max abs diff", "max rel err", ""],
+                            colalign=("left", "right", "right", "right", "left")))
+    n_fail = sum(not r["ok"] for _, _, rows in results for r in rows)
+    n_all = sum(len(rows) for _, _, rows in results)
+    out.append(f"\n{n_all - n_fail} passed, {n_fail} failed")
+    return "\n".join(out)
