@@ -92,7 +92,8 @@ def tiny_models(kind: str):
             cases.append((label, model, tokens, x0))
     elif kind in ("rnn", "gru", "lstm"):
         for layers, inp in ((1, "embedding"), (2, "onehot")):
-            cfg = RecurrentConfig(kind=kind, d_vocab=3, n_ctx=6, hidden=5, n_layers=layers, input=inp, d_embed=4)
+            cfg = RecurrentConfig(kind=kind, d_vocab=3, n_ctx=6, hidden=5, n_layers=layers, input=inp,
+                                  d_embed=4 if inp == "embedding" else 0)
             model = Recurrent(cfg, dtype=np.float64, seed=1)
             _, cache = model.forward(tokens)
             x0 = rng.standard_normal((tokens.shape[0], tokens.shape[1], cfg.input_width))
