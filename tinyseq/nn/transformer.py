@@ -9,7 +9,13 @@
 
 Parameter and hook names and shapes are those of a TransformerLens HookedTransformer, so a trained state dict
 loads there by name (with act_fn "gelu_new" if ours used "gelu", see TransformerConfig.act_fn).
-The ops come from `self.ops` (plain NumPy `ops.py` now; Numba twins with the same signatures can be swapped in).
+The ops come from `self.ops`: the Numba twins of `kernels.py` (backend="numba", the default) or the plain NumPy
+reference `ops.py` (backend="numpy"); both have the same signatures, so the model code is the same for both.
+
+Two layout choices make each block a few large matrix products instead of many small ones (T = 10 is short):
+  - q, k and v of all heads come from one matmul, h @ W_qkv with W_qkv (C, 3*NH*HS) gathered from the
+    TransformerLens tensors W_Q, W_K, W_V (NH, C, HS) once per forward; its gradient is scattered back.
+  - the heads' outputs z are merged to (B, T, NH*HS) and projected by W_O viewed as (NH*HS, C): one matmul.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from tinyseq.nn.params import Params
 
 ACT_FNS = ("relu", "gelu", "gelu_new")      # "gelu" is the tanh form, i.e. TransformerLens's "gelu_new"
 NORMALIZATION_TYPES = ("LN", None)
+BACKENDS = ("numba", "numpy")               # numba: kernels.py (fast); numpy: ops.py (the reference)
 
 
 @dataclass
@@ -118,10 +125,18 @@ class Transformer:
     q, k, v, z are stored as (B, NH, T, HS), not TransformerLens's (B, T, NH, HS).
     """
 
-    def __init__(self, config: TransformerConfig, dtype=np.float32, seed: int = 0):
+    def __init__(self, config: TransformerConfig, dtype=np.float32, seed: int = 0, backend: str = "numba"):
         self.config = config.validate()
-        self.ops = numpy_ops           # the op module; a fast backend swaps in twins with the same signatures
-        self.backend = "numpy"
+        if backend not in BACKENDS:
+            raise TinyseqError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        if backend == "numba":
+            from tinyseq.nn import kernels   # imported here: NumPy-only use never loads Numba
+            from tinyseq.threads import keep_freed_memory
+            keep_freed_memory()              # reuse last step's activation memory (see threads.py)
+            self.ops = kernels
+        else:
+            self.ops = numpy_ops
         self.params = Params(param_spec(config), dtype)
         self.init_params(seed)
 
@@ -213,14 +228,17 @@ class Transformer:
         cache[f"{p}.hook_resid_pre"] = x
         # attention: x = x + attn(ln1(x))
         h = self._norm_forward(f"{p}.ln1", x, cache)                                  # (B, T, C)
-        q = ops.head_in_forward(h, P[f"{p}.attn.W_Q"], P[f"{p}.attn.b_Q"])            # (B, NH, T, HS)
-        k = ops.head_in_forward(h, P[f"{p}.attn.W_K"], P[f"{p}.attn.b_K"])            # (B, NH, T, HS)
-        v = ops.head_in_forward(h, P[f"{p}.attn.W_V"], P[f"{p}.attn.b_V"])            # (B, NH, T, HS)
+        W_qkv, b_qkv = self._qkv_gather(l)                                 # (C, 3*NH*HS), (3*NH*HS,)
+        qkv = ops.linear_forward(h, W_qkv, b_qkv)                          # (B, T, 3*NH*HS) all heads at once
+        q, k, v = split_qkv(qkv, self.config.n_heads)                      # 3 views (B, NH, T, HS)
         z, att = ops.attention_forward(q, k, v)                    # (B, NH, T, HS), (B, NH, T, T)
-        attn_out = ops.head_out_forward(z, P[f"{p}.attn.W_O"], P[f"{p}.attn.b_O"])    # (B, T, C)
+        zm = merge_heads(z)                                                           # (B, T, NH*HS)
+        attn_out = ops.linear_forward(zm, self._W_O(l), P[f"{p}.attn.b_O"])           # (B, T, C)
         x = x + attn_out
+        cache[f"{p}.attn.W_qkv"] = W_qkv
         cache[f"{p}.attn.hook_q"], cache[f"{p}.attn.hook_k"], cache[f"{p}.attn.hook_v"] = q, k, v
         cache[f"{p}.attn.hook_pattern"], cache[f"{p}.attn.hook_z"] = att, z
+        cache[f"{p}.attn.z_merged"] = zm
         cache[f"{p}.hook_resid_mid"] = x
         # MLP: x = x + W_out act(W_in ln2(x))
         h = self._norm_forward(f"{p}.ln2", x, cache)                                  # (B, T, C)
@@ -243,16 +261,42 @@ class Transformer:
                                  cache[f"{p}.ln2.hook_normalized"], P[f"{p}.mlp.W_in"])          # (B, T, C)
         dx = dx + self._norm_backward(f"{p}.ln2", dh, cache[f"{p}.hook_resid_mid"], cache)       # (B, T, C)
         # attention, forward was: x = x + attn_out
-        dz = ops.head_out_backward(G[f"{p}.attn.W_O"], G[f"{p}.attn.b_O"], dx,
-                                   cache[f"{p}.attn.hook_z"], P[f"{p}.attn.W_O"])                 # (B, NH, T, HS)
+        dzm = ops.linear_backward(self._W_O(l, G), G[f"{p}.attn.b_O"], dx,
+                                  cache[f"{p}.attn.z_merged"], self._W_O(l))                     # (B, T, NH*HS)
+        dz = split_heads(dzm, self.config.n_heads)                                              # (B, NH, T, HS)
         dq, dk, dv = ops.attention_backward(dz, cache[f"{p}.attn.hook_q"], cache[f"{p}.attn.hook_k"],
                                             cache[f"{p}.attn.hook_v"], cache[f"{p}.attn.hook_pattern"])
-        h = cache[f"{p}.ln1.hook_normalized"]
-        dh = ops.head_in_backward(G[f"{p}.attn.W_V"], G[f"{p}.attn.b_V"], dv, h, P[f"{p}.attn.W_V"])  # (B, T, C)
-        dh += ops.head_in_backward(G[f"{p}.attn.W_K"], G[f"{p}.attn.b_K"], dk, h, P[f"{p}.attn.W_K"])
-        dh += ops.head_in_backward(G[f"{p}.attn.W_Q"], G[f"{p}.attn.b_Q"], dq, h, P[f"{p}.attn.W_Q"])
+        W_qkv = cache[f"{p}.attn.W_qkv"]
+        dW_qkv = np.zeros_like(W_qkv)                                                          # (C, 3*NH*HS)
+        _, db_qkv = self._qkv_views(l, self.params.grad)          # b_Q | b_K | b_V are adjacent in grad: accumulate in place
+        dh = ops.linear_backward(dW_qkv, db_qkv.reshape(-1), join_qkv(dq, dk, dv),
+                                 cache[f"{p}.ln1.hook_normalized"], W_qkv)                     # (B, T, C)
+        self._qkv_scatter(l, dW_qkv)
         dx = dx + self._norm_backward(f"{p}.ln1", dh, cache[f"{p}.hook_resid_pre"], cache)       # (B, T, C)
         return dx
+
+    # ------------------------------------------------------------------------------------------------------
+    # the fused attention projections, as views of / gathers from the TransformerLens tensors
+    def _qkv_views(self, l, flat):  # flat params.data or params.grad -> W (3, NH, C, HS), b (3, NH, HS) views
+        """W_Q, W_K, W_V are adjacent in the flat buffer (param_spec), and so are b_Q, b_K, b_V: one view each."""
+        cfg, p, o = self.config, f"blocks.{l}.attn", self.params.offsets
+        W = flat[o[f"{p}.W_Q"][0]:o[f"{p}.W_V"][1]].reshape(3, cfg.n_heads, cfg.d_model, cfg.d_head)
+        b = flat[o[f"{p}.b_Q"][0]:o[f"{p}.b_V"][1]].reshape(3, cfg.n_heads, cfg.d_head)
+        return W, b
+
+    def _qkv_gather(self, l):  # -> W_qkv (C, 3*NH*HS) copy, b_qkv (3*NH*HS,) view
+        W, b = self._qkv_views(l, self.params.data)
+        C = self.config.d_model
+        return np.ascontiguousarray(W.transpose(2, 0, 1, 3)).reshape(C, -1), b.reshape(-1)
+
+    def _qkv_scatter(self, l, dW_qkv):  # (C, 3*NH*HS) -> += into the grads of W_Q, W_K, W_V
+        dW, _ = self._qkv_views(l, self.params.grad)
+        cfg = self.config
+        dW += dW_qkv.reshape(cfg.d_model, 3, cfg.n_heads, cfg.d_head).transpose(1, 2, 0, 3)
+
+    def _W_O(self, l, buffers=None):  # -> (NH*HS, C) view of W_O (or of its gradient)
+        buffers = self.params.values if buffers is None else buffers
+        return buffers[f"blocks.{l}.attn.W_O"].reshape(-1, self.config.d_model)
 
     # ------------------------------------------------------------------------------------------------------
     def logits(self, tokens):  # (B, T) int -> (B, T, V)
@@ -268,3 +312,29 @@ class Transformer:
         if self.config.normalization_type is not None:
             names.append("ln_final.hook_normalized")
         return {name: cache[name] for name in names}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# head layouts: the fused projection is (B, T, 3, NH, HS) in memory; attention works per head (B, NH, T, HS)
+def split_qkv(qkv, n_heads):  # (B, T, 3*NH*HS) -> q, k, v views (B, NH, T, HS), no copies
+    B, T, D = qkv.shape
+    heads = qkv.reshape(B, T, 3, n_heads, D // (3 * n_heads)).transpose(2, 0, 3, 1, 4)   # (3, B, NH, T, HS)
+    return heads[0], heads[1], heads[2]
+
+
+def join_qkv(dq, dk, dv):  # (B, NH, T, HS) x3 -> (B, T, 3*NH*HS), the layout of split_qkv's input
+    B, NH, T, HS = dq.shape
+    out = np.empty((B, T, 3, NH, HS), dtype=dq.dtype)
+    for i, d in enumerate((dq, dk, dv)):
+        out[:, :, i] = d.transpose(0, 2, 1, 3)
+    return out.reshape(B, T, 3 * NH * HS)
+
+
+def split_heads(x, n_heads):  # (B, T, NH*HS) -> (B, NH, T, HS) view
+    B, T, D = x.shape
+    return x.reshape(B, T, n_heads, D // n_heads).transpose(0, 2, 1, 3)
+
+
+def merge_heads(z):  # (B, NH, T, HS) -> (B, T, NH*HS) (free when z is a view of (B, T, NH, HS) memory)
+    B, NH, T, HS = z.shape
+    return z.transpose(0, 2, 1, 3).reshape(B, T, NH * HS)

@@ -1,0 +1,368 @@
+"""Numba twins of the hot ops in `ops.py`: same names, same signatures, same results (tests/test_kernels.py).
+
+Shape letters as ops.py: B batch, T time, C width, V vocab, NH heads, HS head size, N = B*T rows.
+
+Why these ops and not others: at the sizes tinyseq trains (T = 10, C = 64) the matrix products are small, and
+a NumPy step spends as much time in elementwise passes and temporaries as in BLAS. Each kernel here does one
+op in one pass over memory, with no temporaries. Matrix products stay in BLAS, called from Python (`@` inside
+`@njit` would need SciPy), but always as one 2-D product: NumPy runs `(B, T, C) @ (C, D)` as B separate small
+products, 2-3x slower than `(B*T, C) @ (C, D)` at these sizes. This module is a complete op set for
+`Transformer(backend="numba")`.
+
+Every kernel comes in two layers:
+  - a Python wrapper with the ops.py signature: reshapes to 2-D rows, allocates outputs, and makes the
+    constants in the array's dtype (`x.dtype.type(0.5)`: a Python float inside a kernel would promote
+    float32 to float64);
+  - an `@njit(cache=True)` loop nest `_name(out..., in..., constants)`: outputs first, as llm.c.
+The kernels are serial: the threads of this machine go to BLAS (see tinyseq/threads.py for why).
+Backward kernels accumulate (`+=`) into parameter gradients, as the ops do.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from tinyseq.nn.ops import GELU_CUBIC, GELU_SCALE, LN_EPS
+
+# The fastmath flags the reductions need to vectorise (a sum in strict order cannot use SIMD lanes):
+# reassociation, fused multiply-add, and the harmless sign-of-zero / reciprocal ones. Never "nnan"/"ninf":
+# a diverged model must still show NaN and inf, not whatever the compiler assumed them away into.
+FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+
+def _rows(x):  # (..., C) -> (N, C) view (a copy only if x is not contiguous)
+    return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# affine map on the last axis, by BLAS on 2-D rows
+def linear_forward(x, W, b):  # (..., C), (C, D), (D,) or None -> (..., D)
+    out = _rows(x) @ W                      # (N, C) @ (C, D): one BLAS call
+    if b is not None:
+        out += b
+    return out.reshape(x.shape[:-1] + (W.shape[1],))
+
+
+def linear_backward(dW, db, dout, x, W):  # (C, D) +=, (D,) += or None, (..., D), (..., C), (C, D) -> (..., C)
+    # forward was: out = x @ W + b  ->  dx = dout @ W.T ; dW += x.T @ dout ; db += sum(dout)
+    x2, d2 = _rows(x), _rows(dout)
+    dW += x2.T @ d2
+    if db is not None:
+        db += d2.sum(axis=0)
+    return (d2 @ W.T).reshape(x.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# token + positional embedding
+@njit(cache=True)
+def _encoder_forward(out, W_E, W_pos, tokens):  # (B, T, C) <-, (V, C), (n_ctx, C), (B, T)
+    B, T, C = out.shape
+    for b in range(B):
+        for t in range(T):
+            tok = tokens[b, t]
+            for c in range(C):
+                out[b, t, c] = W_E[tok, c] + W_pos[t, c]
+
+
+@njit(cache=True)
+def _encoder_backward(dW_E, dW_pos, dout, tokens):  # (V, C) +=, (n_ctx, C) +=, (B, T, C), (B, T)
+    # serial on purpose: many (b, t) share a token, so a parallel loop here would race on dW_E's rows
+    B, T, C = dout.shape
+    for b in range(B):
+        for t in range(T):
+            tok = tokens[b, t]
+            for c in range(C):
+                dW_E[tok, c] += dout[b, t, c]
+                dW_pos[t, c] += dout[b, t, c]
+
+
+@njit(cache=True)
+def _embedding_backward(dW, dout, tokens):  # (V, C) +=, (N, C), (N,)
+    N, C = dout.shape
+    for i in range(N):
+        tok = tokens[i]
+        for c in range(C):
+            dW[tok, c] += dout[i, c]
+
+
+def embedding_forward(W, tokens):  # (V, C), (B, T) int -> (B, T, C)
+    return W[tokens]                 # one NumPy gather is already a single pass
+
+
+def embedding_backward(dW, dout, tokens):  # (V, C) +=, (B, T, C), (B, T)
+    # forward was: out[b, t] = W[tokens[b, t]]  ->  dW[tokens[b, t]] += dout[b, t]
+    _embedding_backward(dW, _rows(dout), np.ascontiguousarray(tokens).reshape(-1))
+
+
+def encoder_forward(W_E, W_pos, tokens):  # (V, C), (n_ctx, C), (B, T) int -> (B, T, C)
+    B, T = tokens.shape
+    out = np.empty((B, T, W_E.shape[1]), dtype=W_E.dtype)
+    _encoder_forward(out, W_E, W_pos, tokens)
+    return out
+
+
+def encoder_backward(dW_E, dW_pos, dout, tokens):  # (V, C) +=, (n_ctx, C) +=, (B, T, C), (B, T)
+    # forward was: out = W_E[tokens] + W_pos[:T]  ->  dW_E[tokens] += dout ; dW_pos[:T] += sum_b dout
+    _encoder_backward(dW_E, dW_pos, np.ascontiguousarray(dout), tokens)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# layer normalisation over the last axis
+@njit(cache=True, fastmath=FAST)
+def _layernorm_forward(out, mean, rstd, x, w, b, inv_c, eps, one):  # (N, C) <-, (N,) <-, (N,) <-, (N, C), (C,), (C,)
+    N, C = x.shape
+    for i in range(N):
+        m = x[i, 0] - x[i, 0]                        # a zero in x's dtype
+        for c in range(C):
+            m += x[i, c]
+        m *= inv_c
+        var = m - m
+        for c in range(C):
+            d = x[i, c] - m
+            var += d * d
+        var *= inv_c                                 # biased: divide by C
+        r = one / math.sqrt(var + eps)
+        mean[i] = m
+        rstd[i] = r
+        for c in range(C):
+            out[i, c] = (x[i, c] - m) * r * w[c] + b[c]
+
+
+@njit(cache=True, fastmath=FAST)
+def _layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, inv_c):  # (N, C) <-, (C,) +=, (C,) +=, (N, C), (N, C), (C,), (N,), (N,)
+    N, C = x.shape
+    for i in range(N):
+        m, r = mean[i], rstd[i]
+        # forward was: norm = (x - mean) * rstd ; out = norm * w + b  ->  dnorm = dout * w
+        sum_dnorm = m - m
+        sum_dnorm_norm = m - m
+        for c in range(C):
+            norm = (x[i, c] - m) * r
+            dnorm = dout[i, c] * w[c]
+            sum_dnorm += dnorm
+            sum_dnorm_norm += dnorm * norm
+            dw[c] += dout[i, c] * norm
+            db[c] += dout[i, c]
+        mean_dnorm = sum_dnorm * inv_c
+        mean_dnorm_norm = sum_dnorm_norm * inv_c
+        # dx = rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
+        for c in range(C):
+            norm = (x[i, c] - m) * r
+            dx[i, c] = r * (dout[i, c] * w[c] - mean_dnorm - norm * mean_dnorm_norm)
+
+
+def layernorm_forward(x, w, b):  # (..., C), (C,), (C,) -> out (..., C), mean (...), rstd (...)
+    x2 = _rows(x)
+    N, C = x2.shape
+    ty = x.dtype.type
+    out = np.empty_like(x2)
+    mean = np.empty(N, dtype=x.dtype)
+    rstd = np.empty(N, dtype=x.dtype)
+    _layernorm_forward(out, mean, rstd, x2, w, b, ty(1.0 / C), ty(LN_EPS), ty(1.0))
+    return out.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
+
+
+def layernorm_backward(dw, db, dout, x, w, mean, rstd):  # (C,) +=, (C,) +=, (..., C), (..., C), (C,), (...), (...) -> dx (..., C)
+    x2 = _rows(x)
+    dx = np.empty_like(x2)
+    _layernorm_backward(dx, dw, db, _rows(dout), x2, w, mean.reshape(-1), rstd.reshape(-1),
+                        x.dtype.type(1.0 / x2.shape[1]))
+    return dx.reshape(x.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# causal self-attention on already-projected heads. q, k, v may be strided views (e.g. slices of one fused
+# (B, T, 3, NH, HS) projection): the kernel reads them in place, no copies.
+@njit(cache=True, fastmath=FAST)
+def _attention_forward(out, att, q, k, v, scale):  # (B, NH, T, HS) <-, (B, NH, T, T) <-, (B, NH, T, HS) x3
+    B, NH, T, HS = q.shape
+    for b in range(B):
+        for n in range(NH):
+            for t in range(T):
+                # scores of query t against keys s <= t; the future (s > t) stays exactly 0 after softmax
+                for s in range(t + 1):
+                    dot = q[b, n, t, 0] - q[b, n, t, 0]
+                    for h in range(HS):
+                        dot += q[b, n, t, h] * k[b, n, s, h]
+                    att[b, n, t, s] = dot * scale
+                mx = att[b, n, t, 0]                  # each row's own max (s = 0 is never masked)
+                for s in range(1, t + 1):
+                    if att[b, n, t, s] > mx:
+                        mx = att[b, n, t, s]
+                total = mx - mx
+                for s in range(t + 1):
+                    e = math.exp(att[b, n, t, s] - mx)
+                    att[b, n, t, s] = e
+                    total += e
+                for s in range(t + 1):
+                    att[b, n, t, s] /= total
+                for s in range(t + 1, T):
+                    att[b, n, t, s] = total - total
+                # out = att @ v
+                for h in range(HS):
+                    acc = total - total
+                    for s in range(t + 1):
+                        acc += att[b, n, t, s] * v[b, n, s, h]
+                    out[b, n, t, h] = acc
+
+
+@njit(cache=True, fastmath=FAST)
+def _attention_backward(dq, dk, dv, dout, q, k, v, att, scale):  # (B, NH, T, HS) <- x3 (dk, dv zeroed), dout, q, k, v, (B, NH, T, T)
+    B, NH, T, HS = q.shape
+    datt = np.empty(T, dtype=att.dtype)
+    for b in range(B):
+        for n in range(NH):
+            for t in range(T):
+                # forward was: out[t] = sum_s att[t, s] v[s]  ->  datt[t, s] = dout[t] . v[s] ; dv[s] += att[t, s] dout[t]
+                inner = scale - scale                 # sum_s datt[t, s] att[t, s]
+                for s in range(t + 1):
+                    d = inner - inner
+                    for h in range(HS):
+                        d += dout[b, n, t, h] * v[b, n, s, h]
+                        dv[b, n, s, h] += att[b, n, t, s] * dout[b, n, t, h]
+                    datt[s] = d
+                    inner += d * att[b, n, t, s]
+                # forward was: att = softmax(scores) -> dscores = att * (datt - inner)
+                # forward was: scores[t, s] = q[t] . k[s] * scale -> dq[t] += dscores k[s] ; dk[s] += dscores q[t]
+                for h in range(HS):
+                    dq[b, n, t, h] = inner - inner
+                for s in range(t + 1):
+                    ds = att[b, n, t, s] * (datt[s] - inner) * scale
+                    for h in range(HS):
+                        dq[b, n, t, h] += ds * k[b, n, s, h]
+                        dk[b, n, s, h] += ds * q[b, n, t, h]
+
+
+def _heads_buffer(q):  # (B, NH, T, HS) -> an empty (B, NH, T, HS) view of a (B, T, NH, HS) array
+    # (B, T, NH, HS) memory is what the output projection wants: merging heads is then a free reshape
+    B, NH, T, HS = q.shape
+    return np.empty((B, T, NH, HS), dtype=q.dtype).transpose(0, 2, 1, 3)
+
+
+def attention_forward(q, k, v):  # (B, NH, T, HS) x3 -> out (B, NH, T, HS), att (B, NH, T, T)
+    B, NH, T, HS = q.shape
+    out = _heads_buffer(q)
+    att = np.empty((B, NH, T, T), dtype=q.dtype)
+    _attention_forward(out, att, q, k, v, q.dtype.type(1.0 / math.sqrt(HS)))
+    return out, att
+
+
+def attention_backward(dout, q, k, v, att):  # (B, NH, T, HS), q, k, v, (B, NH, T, T) -> dq, dk, dv (B, NH, T, HS)
+    HS = q.shape[-1]
+    dq = _heads_buffer(q)
+    dk = _heads_buffer(q)
+    dv = _heads_buffer(q)
+    dk[...] = 0
+    dv[...] = 0
+    _attention_backward(dq, dk, dv, dout, q, k, v, att, q.dtype.type(1.0 / math.sqrt(HS)))
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MLP nonlinearities, elementwise on flat views
+@njit(cache=True)
+def _relu_forward(out, x):  # (n,) <-, (n,)
+    for i in range(x.size):
+        out[i] = x[i] if x[i] > 0 else x[i] - x[i]
+
+
+@njit(cache=True)
+def _relu_backward(dx, dout, x):  # (n,) <-, (n,), (n,)
+    for i in range(x.size):
+        dx[i] = dout[i] if x[i] > 0 else dout[i] - dout[i]
+
+
+@njit(cache=True)
+def _gelu_forward(out, x, s, a, half, one):  # (n,) <-, (n,)
+    for i in range(x.size):
+        xi = x[i]
+        u = s * (xi + a * xi * xi * xi)
+        out[i] = half * xi * (one + math.tanh(u))
+
+
+@njit(cache=True)
+def _gelu_backward(dx, dout, x, s, a, half, one, three):  # (n,) <-, (n,), (n,)
+    for i in range(x.size):
+        xi = x[i]
+        th = math.tanh(s * (xi + a * xi * xi * xi))
+        du = s * (one + three * a * xi * xi)
+        dx[i] = dout[i] * (half * (one + th) + half * xi * (one - th * th) * du)
+
+
+def relu_forward(x):  # (...) -> (...)
+    out = np.empty_like(x)
+    _relu_forward(out.reshape(-1), np.ascontiguousarray(x).reshape(-1))
+    return out
+
+
+def relu_backward(dout, x):  # (...), (...) -> dx (...)
+    # forward was: out = max(x, 0)  ->  dx = dout where x > 0 else 0
+    dx = np.empty_like(x)
+    _relu_backward(dx.reshape(-1), np.ascontiguousarray(dout).reshape(-1), np.ascontiguousarray(x).reshape(-1))
+    return dx
+
+
+def gelu_forward(x):  # (...) -> (...)
+    ty = x.dtype.type
+    out = np.empty_like(x)
+    _gelu_forward(out.reshape(-1), np.ascontiguousarray(x).reshape(-1), ty(GELU_SCALE), ty(GELU_CUBIC),
+                  ty(0.5), ty(1.0))
+    return out
+
+
+def gelu_backward(dout, x):  # (...), (...) -> dx (...)
+    ty = x.dtype.type
+    dx = np.empty_like(x)
+    _gelu_backward(dx.reshape(-1), np.ascontiguousarray(dout).reshape(-1), np.ascontiguousarray(x).reshape(-1),
+                   ty(GELU_SCALE), ty(GELU_CUBIC), ty(0.5), ty(1.0), ty(3.0))
+    return dx
+
+
+# ----------------------------------------------------------------------------------------------------------
+# softmax cross-entropy, mean over all tokens; the backward fused with the softmax
+@njit(cache=True, fastmath=FAST)
+def _cross_entropy_forward(probs, logits, targets):  # (N, V) <-, (N, V), (N,) -> sum of -log p(target), float64
+    N, V = logits.shape
+    total = 0.0                                       # summed in float64: N terms
+    for i in range(N):
+        mx = logits[i, 0]
+        for j in range(1, V):
+            if logits[i, j] > mx:
+                mx = logits[i, j]                     # each row's own max
+        s = mx - mx
+        for j in range(V):
+            e = math.exp(logits[i, j] - mx)
+            probs[i, j] = e
+            s += e
+        for j in range(V):
+            probs[i, j] /= s
+        total -= logits[i, targets[i]] - mx - math.log(s)
+    return total
+
+
+@njit(cache=True)
+def _cross_entropy_backward(dlogits, probs, targets, scale, one):  # (N, V) <-, (N, V), (N,)
+    N, V = probs.shape
+    for i in range(N):
+        for j in range(V):
+            dlogits[i, j] = probs[i, j] * scale
+        dlogits[i, targets[i]] -= one * scale       # (softmax - onehot(target)) / N
+
+
+def cross_entropy_forward(logits, targets):  # (B, T, V), (B, T) int -> loss scalar, probs (B, T, V)
+    l2 = _rows(logits)
+    probs = np.empty_like(l2)
+    total = _cross_entropy_forward(probs, l2, np.ascontiguousarray(targets).reshape(-1))
+    return total / targets.size, probs.reshape(logits.shape)
+
+
+def cross_entropy_backward(probs, targets, scale=None):  # (B, T, V), (B, T) -> dlogits (B, T, V)
+    # forward was: loss = mean_n -log softmax(logits_n)[target_n]  ->  dlogits_n = (probs_n - onehot_n) / N
+    ty = probs.dtype.type
+    p2 = _rows(probs)
+    dlogits = np.empty_like(p2)
+    _cross_entropy_backward(dlogits, p2, np.ascontiguousarray(targets).reshape(-1),
+                            ty((1.0 / targets.size) if scale is None else scale), ty(1.0))
+    return dlogits.reshape(probs.shape)
