@@ -1,0 +1,532 @@
+"""Training: next-token cross-entropy on batches sampled from the process, AdamW, warmup + cosine, and an
+evaluation that puts the loss of every context position next to its Bayes floor h(L).
+
+    tokens  = sample(process, batch, n_ctx + 1)              (B, n_ctx + 1)  fresh every step
+    logits  = model(tokens[:, :-1])                          (B, n_ctx, V)   contexts x_1..t, t = 1..n_ctx
+    loss    = mean CE(logits, tokens[:, 1:])                 position t predicts x_{t+1}: floor h(t+1)
+    grad    -> clip by global norm -> AdamW(lr(step))        one loop each over the flat buffers
+
+The best possible mean loss is mean h(2..n_ctx+1) (0.80251 nats for mess3 with n_ctx 10), so "gap to the
+floor" is an absolute measure of how much of the learnable structure the model has not learned yet.
+
+train() never prints: it hands event dicts to a callback (the CLI draws a progress bar from them).
+Determinism: the same seed, config and thread count give bit-identical tensors, and a run stopped and resumed
+from its checkpoint ends bit-identical to an uninterrupted one, for --steps and --tokens budgets. With a
+--time budget the schedule follows the wall clock, so no two runs are identical (resume continues the
+schedule from the elapsed time saved in the checkpoint).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from tinyseq.errors import TinyseqError
+
+SCHEDULES = ("cosine", "constant")
+# Measured on mess3 (2 shared cores, batch 256, cosine to zero, float32): the default transformer reaches
+# 0.15% of the floor in 200 steps and 0.10% in 300 (about 15 s); GRU / LSTM / RNN with lr 1e-2 reach
+# 0.04% in 300 steps. ANCHORS.md found the same rates best in PyTorch.
+DEFAULT_LR = {"transformer": 3e-3, "rnn": 1e-2, "gru": 1e-2, "lstm": 1e-2}
+DEFAULT_STEPS = 300              # the budget when none of steps / tokens / time is given
+# --preset paper: the published models' best settings from ANCHORS.md (mess3: lr 3e-3 batch 256; rrxor: 1e-3, 64)
+PAPER_TRAIN = {"mess3": {"lr": 3e-3, "batch": 256}, "rrxor": {"lr": 1e-3, "batch": 64}}
+EVAL_CHUNK = 1024            # sequences per forward pass during evaluation (bounds memory)
+EXACT_FLOOR_MAX = 200_000    # compute h(L) exactly when vocab ** n_ctx is at most this (else estimate it)
+
+
+class TrainingDiverged(TinyseqError):
+    """The loss or the gradient became NaN or infinite; the message names the step and the last checkpoint."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train. The defaults are the fastest path to the Bayes floor on mess3 found on a 2-core CPU
+    (see the train command's help); ANCHORS.md has the PyTorch settings they were checked against."""
+    lr: float | None = None          # peak learning rate after the warmup; None: 3e-3 transformer, 1e-2 rnn/gru/lstm
+    betas: tuple = (0.9, 0.999)      # AdamW moment decay rates (beta1, beta2), PyTorch's defaults
+    eps: float = 1e-8                # AdamW denominator guard
+    weight_decay: float = 0.0        # decoupled (AdamW) weight decay per step, times lr; 0 = plain Adam
+    warmup: int = 50                 # steps of linear warmup: lr * (step + 1) / warmup
+    schedule: str = "cosine"         # "cosine": lr decays to exactly 0 at the end of the budget; "constant"
+    clip: float = 1.0                # max global L2 norm of the gradient; 0 = no clipping
+    batch: int = 256                 # sequences per step; each predicts n_ctx tokens
+    steps: int | None = None         # budget in optimiser steps (300 if no budget is given); one budget only
+    tokens: int | None = None        # budget in predicted tokens (batch * n_ctx per step)
+    time: float | None = None        # budget in seconds of wall time; the schedule follows the clock
+    eval_every: int = 100            # steps between held-out evaluations (0 = only at the end)
+    eval_sequences: int = 4096       # size of the fixed held-out set
+    eval_seed: int = 0               # the held-out set depends only on this (and the process, n_ctx)
+    checkpoint_every: int = 0        # steps between checkpoints (0 = only at the end)
+    seed: int = 0                    # initial weights and the training batches
+    dtype: str = "float32"           # "float32" (fast) or "float64" (for checks)
+    threads: int | None = None       # Numba / BLAS threads (None: leave as configured)
+    backend: str = "numba"           # "numba" kernels or the "numpy" reference (where the model has both)
+
+
+    def validate(self) -> "TrainConfig":
+        """One-line TinyseqError for any setting training cannot run with."""
+        def number(name, value, lo=None, lo_open=True, integer=False, allow_none=False):
+            if value is None and allow_none:
+                return
+            ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+            if ok and integer:
+                ok = float(value).is_integer()
+            if ok:
+                ok = math.isfinite(float(value)) and (lo is None or (value > lo if lo_open else value >= lo))
+            if not ok:
+                what = "an integer" if integer else "a number"
+                bound = "" if lo is None else f" {'>' if lo_open else '>='} {lo:g}"
+                raise TinyseqError(f"{name.replace('_', '-')} must be {what}{bound}, got {value!r}")
+
+        number("lr", self.lr, 0, allow_none=True)
+        if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
+                and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)):
+            raise TinyseqError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        number("eps", self.eps, 0)
+        number("weight_decay", self.weight_decay, 0, lo_open=False)
+        number("warmup", self.warmup, 0, lo_open=False, integer=True)
+        number("clip", self.clip, 0, lo_open=False)
+        number("batch", self.batch, 0, integer=True)
+        number("steps", self.steps, 0, integer=True, allow_none=True)
+        number("tokens", self.tokens, 0, integer=True, allow_none=True)
+        number("time", self.time, 0, allow_none=True)
+        number("eval_every", self.eval_every, 0, lo_open=False, integer=True)
+        number("eval_sequences", self.eval_sequences, 0, integer=True)
+        number("checkpoint_every", self.checkpoint_every, 0, lo_open=False, integer=True)
+        number("seed", self.seed, 0, lo_open=False, integer=True)
+        number("eval_seed", self.eval_seed, 0, lo_open=False, integer=True)
+        number("threads", self.threads, 0, integer=True, allow_none=True)
+        budgets = [name for name in ("steps", "tokens", "time") if getattr(self, name) is not None]
+        if len(budgets) > 1:
+            raise TinyseqError(f"give one budget, not {' and '.join('--' + b for b in budgets)}: "
+                               f"--steps N, --tokens N or --time SECONDS")
+        if self.schedule not in SCHEDULES:
+            raise TinyseqError(f"unknown schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
+        if self.dtype not in ("float32", "float64"):
+            raise TinyseqError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.backend not in ("numba", "numpy"):
+            raise TinyseqError(f"backend must be numba or numpy, got {self.backend!r}")
+        return self
+
+    def total_steps(self, n_ctx: int) -> int | None:
+        """The step budget (None for a time budget)."""
+        if self.time is not None:
+            return None
+        if self.tokens is not None:
+            return max(1, math.ceil(self.tokens / (self.batch * n_ctx)))
+        return int(self.steps if self.steps is not None else DEFAULT_STEPS)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise TinyseqError(f"unknown training settings {', '.join(unknown)}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d).validate()
+
+
+def train_options() -> list[dict]:
+    """Every TrainConfig field as a CLI option: [{"name", "type" (int|float|str|tuple), "default", "help"}],
+    the help being the field's comment, so the command line cannot drift from the dataclass."""
+    from tinyseq.models import field_comments
+
+    comments = field_comments(TrainConfig)
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        annotation = str(f.type)
+        typ = (tuple if "tuple" in annotation else float if "float" in annotation
+               else int if "int" in annotation else str)
+        out.append({"name": f.name, "type": typ, "default": f.default, "help": comments.get(f.name, "")})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# AdamW over the flat buffers (PyTorch's torch.optim.AdamW, step by step)
+def adamw_step(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
+    # (P,) params, (P,) grad, (P,) m, (P,) v, t = 1-based step count; updates p, m, v in place
+    m *= beta1
+    m += (1 - beta1) * g                       # m = beta1 m + (1 - beta1) g       first moment
+    v *= beta2
+    v += (1 - beta2) * (g * g)                 # v = beta2 v + (1 - beta2) g^2     second moment
+    bc1 = 1 - beta1 ** t                       # bias corrections: m and v start at 0, so early
+    bc2 = 1 - beta2 ** t                       # averages are too small by these factors
+    p *= 1 - lr * weight_decay                 # decoupled weight decay: shrink p, not the gradient
+    p -= (lr / bc1) * m / (np.sqrt(v) / math.sqrt(bc2) + eps)
+
+
+@njit(cache=True)
+def _adamw_kernel(p, g, m, v, step_size, beta1, beta2, eps, decay, sqrt_bc2, one):
+    # every scalar arrives in p's dtype: a Python float would promote float32 arithmetic to float64
+    for i in range(p.size):
+        m[i] = beta1 * m[i] + (one - beta1) * g[i]
+        v[i] = beta2 * v[i] + (one - beta2) * g[i] * g[i]
+        p[i] = p[i] * decay - step_size * m[i] / (np.sqrt(v[i]) / sqrt_bc2 + eps)
+
+
+def adamw_step_numba(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
+    """Numba twin of adamw_step: one pass over the buffers instead of a dozen."""
+    dt = p.dtype.type
+    bc1, bc2 = 1 - beta1 ** t, 1 - beta2 ** t
+    _adamw_kernel(p, g, m, v, dt(lr / bc1), dt(beta1), dt(beta2), dt(eps), dt(1 - lr * weight_decay),
+                  dt(math.sqrt(bc2)), dt(1))
+
+
+def clip_grad_norm(g, max_norm: float) -> float:
+    """Scale the flat gradient in place so its global L2 norm is at most max_norm (0: no clipping).
+    Returns the norm before clipping (NaN or inf when the gradient is)."""
+    norm = math.sqrt(float(np.dot(g.astype(np.float64, copy=False), g.astype(np.float64, copy=False))))
+    if max_norm > 0 and norm > max_norm:
+        g *= g.dtype.type(max_norm / (norm + 1e-6))  # PyTorch's clip_grad_norm_ coefficient
+    return norm
+
+
+def lr_at(config: TrainConfig, step: int, progress: float) -> float:
+    """Learning rate of update number `step` (0-based) when `progress` (0..1) of the budget is used up:
+    linear warmup over the first `warmup` steps, times 0.5 (1 + cos(pi progress)) for the cosine schedule,
+    so the rate reaches exactly 0 as the budget runs out (for a time budget, progress is elapsed / budget)."""
+    warm = min(1.0, (step + 1) / config.warmup) if config.warmup > 0 else 1.0
+    if config.schedule == "constant":
+        return config.lr * warm
+    return config.lr * warm * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluation against the Bayes floor
+@dataclass
+class EvalSet:
+    """A fixed held-out set: inputs x_1..n_ctx, targets x_2..n_ctx+1, the exact Bayes next-token distribution
+    at every position, and the floor h(L) of each predicted position L = 2..n_ctx+1."""
+    inputs: np.ndarray       # (N, n_ctx) int
+    targets: np.ndarray      # (N, n_ctx) int
+    bayes: np.ndarray        # (N, n_ctx, V) float64: P*(x_{t+1} | x_1..t)
+    floors: np.ndarray       # (n_ctx,) h(2..n_ctx+1), nats
+    floor_exact: bool        # False: floors estimated as the mean entropy of `bayes` (long contexts)
+
+
+def make_eval_set(process, n_ctx: int, n_sequences: int = 4096, seed: int = 0) -> EvalSet:
+    from tinyseq.beliefs import belief_states, myopic_entropies, next_token_probs
+    from tinyseq.processes import sample
+
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,)))  # apart from the data stream
+    tokens = sample(process, n_sequences, n_ctx + 1, rng)                       # (N, n_ctx + 1)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    bayes = next_token_probs(process, belief_states(process, inputs))          # (N, n_ctx, V)
+    if process.vocab ** n_ctx <= EXACT_FLOOR_MAX:
+        floors, exact = myopic_entropies(process, n_ctx + 1)[1:], True
+    else:   # the MSP is too large to enumerate: the mean entropy of the exact predictions estimates h(L)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ent = -np.where(bayes > 0, bayes * np.log(bayes), 0.0).sum(axis=-1)
+        floors, exact = ent.mean(axis=0), False
+    return EvalSet(np.ascontiguousarray(inputs), np.ascontiguousarray(targets), bayes, floors, exact)
+
+
+def _log_softmax(logits):  # (..., V) -> (..., V) float64
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def evaluate(model, ev: EvalSet) -> dict:
+    """Loss per position next to its floor. The expected loss at position L is h(L) + E[KL(P* || model)]:
+    the floor is exact and the KL, averaged over the held-out contexts, has far less sampling noise than the
+    raw cross-entropy (whose own noise, about 0.003 nats for 4096 x 10 tokens, exceeds the gaps of interest).
+    The raw held-out cross-entropy is reported too, as `sampled_nats`."""
+    N, T = ev.inputs.shape
+    kl = np.zeros(T)
+    ce = np.zeros(T)
+    for lo in range(0, N, EVAL_CHUNK):
+        hi = min(N, lo + EVAL_CHUNK)
+        logq = _log_softmax(model.logits(ev.inputs[lo:hi]))                         # (n, T, V)
+        p = ev.bayes[lo:hi]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl += np.where(p > 0, p * (np.log(p) - logq), 0.0).sum(axis=(0, 2))     # (T,)
+        ce -= np.take_along_axis(logq, ev.targets[lo:hi, :, None], axis=-1)[..., 0].sum(axis=0)
+    kl /= N
+    ce /= N
+    loss = ev.floors + kl
+    floor = float(ev.floors.mean())
+    gap = float(kl.mean())
+    return {"mean_nats": float(loss.mean()), "floor_nats": floor, "gap_nats": gap,
+            "gap_percent": 100.0 * gap / floor if floor > 0 else float("inf"),
+            "sampled_nats": float(ce.mean()), "floor_exact": ev.floor_exact,
+            "per_position": [{"position": t + 2, "loss_nats": float(loss[t]), "floor_nats": float(ev.floors[t]),
+                              "gap_nats": float(kl[t]), "sampled_nats": float(ce[t])} for t in range(T)]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# run state, saved in the checkpoint so a run can resume exactly
+@dataclass
+class TrainState:
+    step: int = 0                    # completed optimiser steps
+    tokens: int = 0                  # predicted tokens so far (batch * n_ctx per step)
+    seconds: float = 0.0             # wall time spent in this run so far (training and evaluation)
+    step_seconds: float = 0.0        # of which in training steps (for tokens/s)
+    rng: dict | None = None          # the batch generator's bit_generator.state after `step` steps
+    adam_m: np.ndarray | None = None  # (P,) AdamW first moment
+    adam_v: np.ndarray | None = None  # (P,) AdamW second moment
+    finished: bool = False
+    last_eval: dict | None = None
+
+    def to_meta(self) -> dict:
+        return {"step": self.step, "tokens": self.tokens, "seconds": self.seconds,
+                "step_seconds": self.step_seconds, "rng": self.rng, "finished": self.finished}
+
+
+def apply_threads(n: int | None) -> None:
+    """Use n threads for Numba kernels and BLAS (tinyseq.threads when present, else Numba's own setting),
+    and keep freed memory for the next step's activations (tinyseq.threads.keep_freed_memory)."""
+    try:
+        from tinyseq import threads
+    except ImportError:
+        threads = None
+    if threads is not None and hasattr(threads, "keep_freed_memory"):
+        threads.keep_freed_memory()
+    if n is None:
+        return
+    if threads is not None and hasattr(threads, "set_threads"):
+        threads.set_threads(int(n))
+    else:
+        import numba
+        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
+def save_run(path, model, process, config: TrainConfig, state: TrainState) -> str:
+    from tinyseq import __version__
+    from tinyseq.checkpoint import save
+
+    meta = {"tinyseq_version": __version__, "process": process.label, "train": config.to_dict(),
+            "state": state.to_meta(), "eval": state.last_eval}
+    return save(path, model, process_spec=process.to_spec(), meta=meta, adam_m=state.adam_m, adam_v=state.adam_v)
+
+
+def load_run(path, backend: str | None = None):
+    """(process, model, TrainConfig, TrainState) from a checkpoint written by train(), to resume it."""
+    from tinyseq.checkpoint import load, model_from_checkpoint
+
+    ckpt = load(path)
+    train_meta, state_meta = ckpt.meta.get("train"), ckpt.meta.get("state")
+    if not isinstance(train_meta, dict) or not isinstance(state_meta, dict) or ckpt.adam_m is None:
+        raise TinyseqError(f"checkpoint {path} holds a model but no training state, so it cannot be resumed: "
+                           f"start a new run with --out")
+    try:
+        config = TrainConfig.from_dict(train_meta)
+        state = TrainState(step=int(state_meta["step"]), tokens=int(state_meta["tokens"]),
+                           seconds=float(state_meta["seconds"]), step_seconds=float(state_meta["step_seconds"]),
+                           rng=state_meta["rng"], finished=bool(state_meta["finished"]),
+                           adam_m=ckpt.adam_m.copy(), adam_v=ckpt.adam_v.copy(), last_eval=ckpt.meta.get("eval"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise TinyseqError(f"checkpoint {path}: its training state is malformed ({e}); it cannot be resumed") \
+            from None
+    if backend is not None:
+        config = dataclasses.replace(config, backend=backend)
+    model = model_from_checkpoint(ckpt, backend=config.backend)
+    if model.process is None:
+        raise TinyseqError(f"checkpoint {path} does not record its process, so it cannot be resumed")
+    return model.process, model, config, state
+
+
+class _StopFlag:
+    """First Ctrl-C sets the flag (the loop stops after the step in flight and saves); a second one raises."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------------
+def train(process, model, config: TrainConfig, out: str | None = None, callback=None,
+          state: TrainState | None = None) -> dict:
+    """Train `model` on batches sampled from `process` until the budget is spent; return the summary dict.
+
+    out: a directory for the checkpoint (out/model.npz, written every checkpoint_every steps and at the end)
+    and summary.json; None keeps everything in memory. callback(event: dict) receives "start", "step",
+    "eval", "checkpoint" and "end" events. state: a TrainState from load_run to resume a run.
+    Ctrl-C stops after the current step, saves a checkpoint and returns with status "interrupted".
+    A NaN/inf loss or gradient raises TrainingDiverged (the last good checkpoint stays on disk).
+    """
+    from tinyseq.models import model_kind
+    from tinyseq.nn import ops as numpy_ops
+    from tinyseq.processes import sample
+
+    config.validate()
+    if config.lr is None:                            # the measured best rate for this kind of model
+        config = dataclasses.replace(config, lr=DEFAULT_LR[model_kind(model)])
+    emit = callback or (lambda event: None)
+    n_ctx = model.config.n_ctx
+    P = model.params
+    if model.config.d_vocab != process.vocab:
+        raise TinyseqError(f"the model has {model.config.d_vocab} token values but {process.label} has "
+                           f"{process.vocab}: build the model for this process")
+    apply_threads(config.threads)
+    if out:
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise TinyseqError(f"cannot create the output directory {out}: {e.strerror or e}") from None
+    ckpt_path = os.path.join(out, "model.npz") if out else None
+    state = state or TrainState()
+    if state.finished:
+        raise TinyseqError(f"this run already finished its budget ({state.step} steps); nothing to resume: "
+                           f"start a new run with another --out")
+    if state.adam_m is None:
+        state.adam_m, state.adam_v = np.zeros_like(P.data), np.zeros_like(P.data)
+    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(1,)))
+    if state.rng is not None:
+        rng.bit_generator.state = state.rng
+    total = config.total_steps(n_ctx)
+    if total is not None and state.step >= total:
+        raise TinyseqError(f"this run already has {state.step} of its {total} steps; nothing to resume")
+    update = adamw_step_numba if config.backend == "numba" else adamw_step
+    ops = getattr(model, "ops", numpy_ops)           # the model's cross-entropy twin when it has one
+    beta1, beta2 = config.betas
+    per_step = config.batch * n_ctx
+
+    ev = make_eval_set(process, n_ctx, config.eval_sequences, config.eval_seed)
+    emit({"event": "start", "step": state.step, "steps": total, "time": config.time, "params": P.size,
+          "tokens_per_step": per_step, "floor_nats": float(ev.floors.mean()), "kind": model_kind(model),
+          "checkpoint": ckpt_path})
+    # the checkpoint a resumed run started from is good; a fresh run has none of its own yet
+    last_ckpt_step = state.step if (ckpt_path and state.step > 0 and os.path.exists(ckpt_path)) else None
+
+    def checkpoint():
+        nonlocal last_ckpt_step
+        if ckpt_path:
+            save_run(ckpt_path, model, process, config, state)
+            last_ckpt_step = state.step
+            emit({"event": "checkpoint", "step": state.step, "path": ckpt_path})
+
+    def run_eval():
+        state.last_eval = {"step": state.step, **evaluate(model, ev)}
+        emit({"event": "eval", **state.last_eval})
+
+    def diverged(what, value, lr):
+        where = (f"the last good checkpoint is {ckpt_path} (step {last_ckpt_step})" if last_ckpt_step is not None
+                 else "no checkpoint was written")
+        raise TrainingDiverged(f"{what} became {value} at step {state.step + 1} (lr {lr:.3g}): training stopped, "
+                               f"{where}; try a smaller --lr (now {config.lr:g}) or --clip")
+
+    status = "finished"
+    consistent = True                               # params, moments, rng and step all belong to one step
+    t_start = time.perf_counter() - state.seconds   # wall clock of this run, continued across a resume
+    # overflow in a diverging step is detected (loss / gradient norm not finite) and reported in one line,
+    # so NumPy's own RuntimeWarnings would only add noise
+    with _StopFlag() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        try:
+            while True:
+                elapsed = time.perf_counter() - t_start
+                if total is not None and state.step >= total:
+                    break
+                if config.time is not None and elapsed >= config.time:
+                    break
+                if stop.requested:
+                    status = "interrupted"
+                    break
+                progress = state.step / total if total is not None else elapsed / config.time
+                lr = lr_at(config, state.step, progress)
+                t0 = time.perf_counter()
+                tokens = sample(process, config.batch, n_ctx + 1, rng)              # (B, n_ctx + 1)
+                logits, cache = model.forward(tokens[:, :-1])                        # (B, n_ctx, V)
+                targets = np.ascontiguousarray(tokens[:, 1:])                        # (B, n_ctx)
+                loss, probs = ops.cross_entropy_forward(logits, targets)
+                if not math.isfinite(loss):
+                    diverged("the training loss", loss, lr)
+                P.zero_grad()
+                model.backward(ops.cross_entropy_backward(probs, targets), cache)
+                grad_norm = clip_grad_norm(P.grad, config.clip)
+                if not math.isfinite(grad_norm):
+                    diverged("the gradient norm", grad_norm, lr)
+                consistent = False
+                update(P.data, P.grad, state.adam_m, state.adam_v, state.step + 1, lr, beta1, beta2,
+                       config.eps, config.weight_decay)
+                state.step += 1
+                state.tokens += per_step
+                state.rng = rng.bit_generator.state
+                consistent = True
+                dt = time.perf_counter() - t0
+                state.step_seconds += dt
+                state.seconds = time.perf_counter() - t_start
+                emit({"event": "step", "step": state.step, "steps": total, "time": config.time,
+                      "tokens": state.tokens, "seconds": state.seconds, "tokens_per_s": per_step / dt,
+                      "loss": float(loss), "lr": lr, "grad_norm": grad_norm,
+                      "progress": state.step / total if total else min(1.0, state.seconds / config.time)})
+                if config.eval_every and state.step % config.eval_every == 0:
+                    run_eval()
+                if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                    state.seconds = time.perf_counter() - t_start
+                    checkpoint()
+        except KeyboardInterrupt:
+            # a second Ctrl-C (or one raised by the callback): the state is that of the last completed step,
+            # unless the interrupt landed inside the update; then keep the last checkpoint on disk instead
+            status = "interrupted"
+    state.seconds = time.perf_counter() - t_start
+    if status == "finished" and (state.last_eval is None or state.last_eval["step"] != state.step):
+        run_eval()
+    state.finished = status == "finished"
+    if consistent and (state.step > 0 or status == "finished"):
+        checkpoint()
+    elif not consistent:
+        ckpt_path = ckpt_path if last_ckpt_step is not None else None
+    summary = make_summary(process, model, config, state, status, ckpt_path)
+    if out:
+        write_summary(os.path.join(out, "summary.json"), summary)
+    emit({"event": "end", **summary})
+    return summary
+
+
+def make_summary(process, model, config, state, status, ckpt_path) -> dict:
+    from tinyseq.models import config_to_dict
+
+    ev = state.last_eval or {}
+    return {"status": status, "process": process.label, "model": config_to_dict(model.config),
+            "params": model.params.size,
+            "loss": {k: ev.get(k) for k in ("mean_nats", "floor_nats", "gap_nats", "gap_percent", "sampled_nats",
+                                             "floor_exact", "per_position")},
+            "eval_step": ev.get("step"), "steps": state.step, "tokens": state.tokens,
+            "seconds": state.seconds,
+            "tokens_per_s": state.tokens / state.step_seconds if state.step_seconds > 0 else None,
+            "checkpoint": ckpt_path, "train": config.to_dict()}
+
+
+def write_summary(path, summary) -> None:
+    import json
+    import tempfile
+
+    from tinyseq.checkpoint import _chmod_default
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    _chmod_default(tmp)
+    with os.fdopen(fd, "w") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
