@@ -1,0 +1,453 @@
+"""Training throughput: tinyseq (Numba and NumPy backends) against PyTorch eager, in tokens per second.
+
+One training step = forward, softmax cross-entropy, backward, one Adam update; tokens per step = batch * n_ctx.
+Each row runs the three contenders *interleaved* block by block (tinyseq-numba, tinyseq-numpy, PyTorch, then
+again), so a noisy shared machine slows all of them alike, and reports the median of the timed blocks after a
+warm-up. The ratio to PyTorch is paired: the median over rounds of that round's ratio. PyTorch runs in its own worker process (`python -m tinyseq.bench --torch-worker`), so its thread
+settings never leak into ours, and ours not into it.
+
+FLOP ceiling. A step costs about
+    6 * P_matmul * tokens                  (2 for the forward, 4 for the backward, per weight-matrix entry)
+  + 6 * n_layers * n_ctx * NH*HS * tokens  (q.k scores and att @ v, each T keys per token; x3 for backward)
+where P_matmul counts the entries of every weight matrix that multiplies activations (W_Q, W_K, W_V, W_O,
+W_in, W_out, W_U; not the embedding tables, which are looked up, nor biases and LayerNorm gains). That is
+Kaplan et al.'s C = 6N + 6 n_layer n_ctx d_attn per token. `ceiling` = the machine's float32 matmul rate
+(GFLOP/s, measured here with the same thread count) / FLOPs per token; `fraction_of_ceiling` = measured
+tokens/s / ceiling.
+
+Adding a model kind (e.g. a GRU) is one entry in KINDS: how to build the tinyseq model, how many FLOPs a
+token costs, and the name of a PyTorch builder in TORCH_BUILDERS (the worker side).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from tinyseq.errors import TinyseqError
+from tinyseq.threads import default_threads, set_threads
+
+# ----------------------------------------------------------------------------------------------------------
+# what can be benchmarked
+
+
+def _transformer_configs():
+    from tinyseq.nn.transformer import TransformerConfig, paper_config
+    return {
+        "mess3": paper_config("mess3"),     # the published mess3 model: 4 layers, d_model 64, 1 head of 8
+        "small": TransformerConfig(d_vocab=3, n_ctx=10, n_layers=2, d_model=32, n_heads=2, d_head=16, d_mlp=128),
+        "tiny": TransformerConfig(d_vocab=3, n_ctx=6, n_layers=1, d_model=8, n_heads=1, d_head=4, d_mlp=16),
+    }
+
+
+def _transformer_build(cfg, backend, seed=0):
+    from tinyseq.nn.transformer import Transformer
+    return Transformer(cfg, dtype=np.float32, seed=seed, backend=backend)
+
+
+def _transformer_flops_per_token(cfg) -> float:
+    C, NH, HS, F, V = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab
+    p_matmul = cfg.n_layers * (3 * C * NH * HS + NH * HS * C + 2 * C * F) + C * V
+    return 6.0 * p_matmul + 6.0 * cfg.n_layers * cfg.n_ctx * NH * HS
+
+
+def _recurrent_configs(kind):
+    from tinyseq.nn.recurrent import RecurrentConfig
+    return {f"{kind}64": RecurrentConfig(kind=kind, d_vocab=3, n_ctx=10, hidden=64)}   # ANCHORS' nn.{RNN,GRU,LSTM}
+
+
+def _recurrent_build(cfg, backend, seed=0):
+    from tinyseq.nn.recurrent import Recurrent
+    return Recurrent(cfg, dtype=np.float32, seed=seed, backend=backend)
+
+
+def _recurrent_flops_per_token(cfg) -> float:
+    from tinyseq.nn.recurrent import GATES
+    GH = GATES[cfg.kind] * cfg.hidden
+    p_matmul = sum(GH * ((cfg.input_width if k == 0 else cfg.hidden) + cfg.hidden) for k in range(cfg.n_layers))
+    return 6.0 * (p_matmul + cfg.hidden * cfg.d_vocab)     # weight_ih, weight_hh, readout (embedding: a lookup)
+
+
+@dataclass
+class Kind:
+    """One model family: configs by name, tinyseq builder, FLOPs per token, and the PyTorch twin's builder."""
+    configs: Callable[[], dict]            # name -> config dataclass (with d_vocab, n_ctx)
+    build: Callable                        # (config, backend) -> model with .forward/.backward/.params/.ops
+    flops_per_token: Callable              # config -> float
+    torch_builder: str                     # key of TORCH_BUILDERS
+    backends: tuple = ("numba", "numpy")
+
+
+KINDS: dict[str, Kind] = {
+    "transformer": Kind(_transformer_configs, _transformer_build, _transformer_flops_per_token, "transformer"),
+    **{k: Kind(lambda k=k: _recurrent_configs(k), _recurrent_build, _recurrent_flops_per_token, "recurrent")
+       for k in ("rnn", "gru", "lstm")},
+}
+
+
+def available_models() -> dict[str, tuple[str, object]]:
+    """model name -> (kind, config). A name is unique across kinds ("mess3", "small", ...)."""
+    out = {}
+    for kind_name, kind in KINDS.items():
+        for name, cfg in kind.configs().items():
+            out[name] = (kind_name, cfg)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one tinyseq training step
+
+
+class Adam:
+    """Plain Adam on the flat buffer (what the PyTorch side runs); the training loop has the real AdamW."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        ty = params.dtype.type
+        self.p, self.lr, self.b1, self.b2, self.eps = params, lr, ty(betas[0]), ty(betas[1]), ty(eps)
+        self.m = np.zeros_like(params.data)
+        self.v = np.zeros_like(params.data)
+        self.tmp = np.zeros_like(params.data)
+        self.t = 0
+
+    def step(self):
+        self.t += 1
+        g, m, v, tmp, ty = self.p.grad, self.m, self.v, self.tmp, self.p.dtype.type
+        m *= self.b1
+        m += (1 - self.b1) * g
+        np.multiply(g, g, out=tmp)
+        v *= self.b2
+        v += (1 - self.b2) * tmp
+        step = ty(self.lr / (1 - float(self.b1) ** self.t))
+        np.sqrt(v, out=tmp)
+        tmp *= ty(1.0 / np.sqrt(1 - float(self.b2) ** self.t))
+        tmp += self.eps
+        np.divide(m, tmp, out=tmp)
+        tmp *= step
+        self.p.data -= tmp
+
+
+class TinyseqRunner:
+    def __init__(self, kind: Kind, cfg, backend: str, batch: int, seed: int = 0):
+        self.model = kind.build(cfg, backend)
+        self.opt = Adam(self.model.params)
+        rng = np.random.default_rng(seed)
+        tokens = rng.integers(0, cfg.d_vocab, (batch, cfg.n_ctx + 1))
+        self.x, self.y = tokens[:, :-1], tokens[:, 1:]
+
+    def step(self):
+        m, ops = self.model, self.model.ops
+        logits, cache = m.forward(self.x)
+        loss, probs = ops.cross_entropy_forward(logits, self.y)
+        m.params.zero_grad()
+        m.backward(ops.cross_entropy_backward(probs, self.y), cache)
+        self.opt.step()
+        return loss
+
+    def run(self, steps: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        return time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the PyTorch side: runs only inside the worker process
+
+
+def _torch_transformer(torch, cfg):
+    nn, F = torch.nn, torch.nn.functional
+    C, NH, HS = cfg.d_model, cfg.n_heads, cfg.d_head
+    act = F.relu if cfg.act_fn == "relu" else (lambda u: F.gelu(u, approximate="tanh"))
+    norm = (lambda: nn.LayerNorm(C)) if cfg.normalization_type == "LN" else (lambda: nn.Identity())
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = norm(), norm()
+            self.qkv, self.out = nn.Linear(C, 3 * NH * HS), nn.Linear(NH * HS, C)
+            self.fc_in, self.fc_out = nn.Linear(C, cfg.d_mlp), nn.Linear(cfg.d_mlp, C)
+
+        def forward(self, x):
+            B, T, _ = x.shape
+            q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, NH, HS).permute(2, 0, 3, 1, 4)
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)          # (B, NH, T, HS)
+            x = x + self.out(z.transpose(1, 2).reshape(B, T, NH * HS))
+            return x + self.fc_out(act(self.fc_in(self.ln2(x))))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(cfg.d_vocab, C)
+            self.pos = nn.Parameter(torch.randn(cfg.n_ctx, C) * 0.02)
+            self.blocks = nn.ModuleList(Block() for _ in range(cfg.n_layers))
+            self.ln_final, self.unembed = norm(), nn.Linear(C, cfg.d_vocab)
+
+        def forward(self, tokens):
+            x = self.embed(tokens) + self.pos[: tokens.shape[1]]
+            for block in self.blocks:
+                x = block(x)
+            return self.unembed(self.ln_final(x))
+
+    return Model()
+
+
+def _torch_recurrent(torch, cfg):
+    nn = torch.nn
+    cls = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cfg.kind]
+
+    class Model(nn.Module):      # nn.Embedding + fused nn.RNN/GRU/LSTM + nn.Linear, as tinyseq's Recurrent
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(cfg.d_vocab, cfg.input_width)
+            self.rnn = cls(cfg.input_width, cfg.hidden, num_layers=cfg.n_layers, batch_first=True)
+            self.readout = nn.Linear(cfg.hidden, cfg.d_vocab)
+
+        def forward(self, tokens):
+            return self.readout(self.rnn(self.embed(tokens))[0])
+
+    return Model()
+
+
+TORCH_BUILDERS = {"transformer": _torch_transformer, "recurrent": _torch_recurrent}
+
+
+def _torch_worker() -> None:
+    """Read one JSON request per line on stdin, answer one JSON line on stdout.
+    request {"kind", "model", "batch", "threads", "steps"} -> {"seconds"}; {"quit": true} ends."""
+    import torch
+    torch.set_num_interop_threads(1)
+    runners = {}
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req.get("quit"):
+            break
+        torch.set_num_threads(int(req["threads"]))
+        key = (req["model"], req["batch"])
+        if key not in runners:
+            kind_name, cfg = available_models()[req["model"]]
+            torch.manual_seed(0)
+            model = TORCH_BUILDERS[KINDS[kind_name].torch_builder](torch, cfg)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            tokens = torch.randint(0, cfg.d_vocab, (req["batch"], cfg.n_ctx + 1))
+            runners[key] = (model, opt, tokens[:, :-1], tokens[:, 1:].reshape(-1), cfg.d_vocab)
+        model, opt, x, y, V = runners[key]
+        t0 = time.perf_counter()
+        for _ in range(int(req["steps"])):
+            loss = torch.nn.functional.cross_entropy(model(x).reshape(-1, V), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sys.stdout.write(json.dumps({"seconds": time.perf_counter() - t0}) + "\n")
+        sys.stdout.flush()
+
+
+class TorchWorker:
+    """A PyTorch process that times steps on request (None when torch is not importable)."""
+
+    def __init__(self, threads: int):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tinyseq.bench", "--torch-worker"], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def run(self, model, batch, threads, steps) -> float:
+        self.proc.stdin.write(json.dumps(dict(model=model, batch=batch, threads=threads, steps=steps)) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the PyTorch worker died")
+        return json.loads(line)["seconds"]
+
+    def close(self):
+        try:
+            self.proc.stdin.write('{"quit": true}\n')
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except Exception:  # noqa: BLE001 (a dead worker is already closed)
+            self.proc.kill()
+
+
+def torch_available() -> bool:
+    try:
+        import importlib.util
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------------
+# machine facts
+
+
+def matmul_gflops(threads: int, n: int = 512, seconds: float = 0.5) -> float:
+    """float32 (n, n) @ (n, n) rate with `threads` BLAS threads: the machine's matmul ceiling."""
+    set_threads(threads)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    np.matmul(a, b, out=out)
+    rates = []
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(rates) < 3:
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        rates.append(2.0 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    return float(np.median(rates))
+
+
+_COMPILE_SNIPPET = """
+import time, numpy as np
+t0 = time.perf_counter()
+from tinyseq.nn.transformer import Transformer, TransformerConfig
+for act in ("relu", "gelu"):
+    for dtype in (np.float32, np.float64):
+        m = Transformer(TransformerConfig(n_layers=1, d_model=8, n_heads=1, d_head=4, d_mlp=8, act_fn=act),
+                        dtype=dtype, backend="numba")
+        x = np.zeros((2, 5), dtype=np.int64)
+        logits, cache = m.forward(x)
+        loss, probs = m.ops.cross_entropy_forward(logits, x)
+        m.backward(m.ops.cross_entropy_backward(probs, x), cache)
+        m.ops.embedding_backward(np.zeros((3, 8), dtype), np.zeros((2, 5, 8), dtype), x)
+print(time.perf_counter() - t0)
+"""
+
+
+def compile_times() -> dict:
+    """Seconds to import tinyseq and run one step of every Numba kernel (float32 and float64), in a fresh
+    process: `cold` with an empty Numba cache (everything compiles), `warm` from the cache the cold run wrote."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="tinyseq-numba-cache-") as cache_dir:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        for label in ("cold", "warm"):
+            res = subprocess.run([sys.executable, "-c", _COMPILE_SNIPPET], env=env, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"compile-time probe failed: {res.stderr.strip().splitlines()[-1:]}")
+            out[label] = float(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the benchmark
+
+
+def run(models=("mess3", "small"), batches=(64, 256), threads=(1, 2), backends=("numba", "numpy"),
+        with_torch=True, quick=False, blocks=None, block_seconds=None, compile_probe=True) -> dict:
+    """Rows of tokens/s for every model x batch x threads; PyTorch alongside when importable."""
+    known = available_models()
+    for name in models:
+        if name not in known:
+            raise TinyseqError(f"unknown bench model {name!r}: use one of {', '.join(known)}")
+    for n in threads:
+        if n < 1:
+            raise TinyseqError(f"--threads must be positive, got {n}")
+    for b in batches:
+        if b < 1:
+            raise TinyseqError(f"--batches must be positive, got {b}")
+    blocks = blocks or (2 if quick else 7)
+    block_seconds = block_seconds or (0.05 if quick else 0.4)
+    with_torch = with_torch and torch_available()
+
+    result = {"machine": {"cores": os.cpu_count(), "numpy": np.__version__, "gflops_f32": {}},
+              "protocol": {"blocks": blocks, "block_seconds": block_seconds,
+                           "step": "forward + cross-entropy + backward + Adam",
+                           "flops_per_token": "6 * P_matmul + 6 * n_layers * n_ctx * n_heads * d_head"},
+              "rows": []}
+    try:
+        import numba
+        result["machine"]["numba"] = numba.__version__
+    except ImportError:
+        pass
+    for n in threads:
+        result["machine"]["gflops_f32"][str(n)] = round(matmul_gflops(n, seconds=0.1 if quick else 0.5), 2)
+
+    workers = {}
+    try:
+        for n in threads:
+            if with_torch:
+                workers[n] = TorchWorker(n)
+            for name in models:
+                kind_name, cfg = known[name]
+                kind = KINDS[kind_name]
+                for batch in batches:
+                    result["rows"].append(_bench_row(name, kind_name, kind, cfg, batch, n, backends,
+                                                     workers.get(n), blocks, block_seconds, result))
+    finally:
+        for w in workers.values():
+            w.close()
+        set_threads(default_threads())
+    if compile_probe and "numba" in backends:
+        result["compile_seconds"] = compile_times()
+    return result
+
+
+def _bench_row(name, kind_name, kind, cfg, batch, threads, backends, worker, blocks, block_seconds, result):
+    set_threads(threads)
+    tokens_per_step = batch * cfg.n_ctx
+    contenders = {}
+    for backend in backends:
+        if backend in kind.backends:
+            contenders[f"tinyseq_{backend}"] = TinyseqRunner(kind, cfg, backend, batch).run
+    if worker is not None:
+        contenders["torch"] = lambda steps: worker.run(name, batch, threads, steps)
+    # warm-up (compiles, caches, allocator) and a step count that makes one block about block_seconds long
+    steps = {}
+    for label, run_steps in contenders.items():
+        run_steps(2)
+        per_step = run_steps(3) / 3
+        steps[label] = max(2, int(block_seconds / max(per_step, 1e-6)))
+    samples = {label: [] for label in contenders}
+    for _ in range(blocks):                     # interleaved: every contender once per round
+        for label, run_steps in contenders.items():
+            samples[label].append(steps[label] * tokens_per_step / run_steps(steps[label]))
+    flops = kind.flops_per_token(cfg)
+    ceiling = result["machine"]["gflops_f32"][str(threads)] * 1e9 / flops
+    row = {"model": name, "kind": kind_name, "batch": batch, "threads": threads,
+           "flops_per_token": flops, "ceiling_tokens_per_s": round(ceiling)}
+    for label, values in samples.items():
+        med = float(np.median(values))
+        row[label] = {"tokens_per_s": round(med), "blocks": [round(v) for v in values],
+                      "fraction_of_ceiling": float(f"{med / ceiling:.3g}")}
+    if "torch" in samples:
+        for backend in backends:
+            if f"tinyseq_{backend}" in row:
+                # paired: the median over rounds of this round's ratio (one round shares the machine's load)
+                label = f"tinyseq_{backend}"
+                row[f"ratio_{backend}_vs_torch"] = round(float(np.median(
+                    np.array(samples[label]) / np.array(samples["torch"]))), 2)
+    return row
+
+
+def format_table(result: dict) -> str:
+    """The rows as a Markdown table (what BENCHMARKS.md shows)."""
+    head = ["model", "batch", "threads", "tinyseq numba tok/s", "tinyseq numpy tok/s", "PyTorch tok/s",
+            "numba / PyTorch", "numba % of ceiling", "ceiling tok/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        def tps(label):
+            return f"{r[label]['tokens_per_s']:,}" if label in r else "-"
+        frac = f"{100 * r['tinyseq_numba']['fraction_of_ceiling']:.3g}%" if "tinyseq_numba" in r else "-"
+        ratio = f"{r['ratio_numba_vs_torch']:.2f}x" if "ratio_numba_vs_torch" in r else "-"
+        lines.append(f"| {r['model']} | {r['batch']} | {r['threads']} | {tps('tinyseq_numba')} | "
+                     f"{tps('tinyseq_numpy')} | {tps('torch')} | {ratio} | {frac} | {r['ceiling_tokens_per_s']:,} |")
+    m = result["machine"]
+    lines.append("")
+    lines.append("float32 matmul GFLOP/s: " + ", ".join(f"{k} thread(s) {v}" for k, v in m["gflops_f32"].items()))
+    if "compile_seconds" in result:
+        c = result["compile_seconds"]
+        lines.append(f"Numba compile (import + first step of every kernel): cold {c['cold']:.1f} s, "
+                     f"warm (cached) {c['warm']:.1f} s")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--torch-worker"]:
+        _torch_worker()
