@@ -261,7 +261,7 @@ def test_parameter_names_and_shapes_are_pytorchs():
     assert "embed.weight" not in onehot.params
     assert onehot.params["weight_ih_l0"].shape == (12, 3)
     assert Recurrent(RecurrentConfig(hidden=6)).params["embed.weight"].shape == (3, 6)   # d_embed 0 = hidden
-    assert model.backend == "numpy"
+    assert model.backend == "numba"   # the default; backend="numpy" runs the reference loops
 
 
 def test_init_is_pytorchs_uniform():

@@ -18,6 +18,8 @@ Tensor names, shapes and gate orders are exactly PyTorch's, so a state dict load
     bias_hh_l{k}        (G*H,)
     readout.weight      (V, H)      nn.Linear(H, V).weight
     readout.bias        (V,)        nn.Linear(H, V).bias
+    mtp.{i}.weight      (V, H)      with n_future = N > 1, i = 2..N: extra nn.Linear(H, V) heads on the top
+    mtp.{i}.bias        (V,)          hidden state predicting x_{t+i} (multi-token prediction, objectives.py)
 
 The cells (one time step, whole batch), PyTorch's equations:
     rnn   h = tanh(xp + W_hh h_prev + b_hh)
@@ -27,16 +29,19 @@ The cells (one time step, whole batch), PyTorch's equations:
           c = f * c_prev + i * g                      h = o * tanh(c)
 
 Each cell is a forward/backward pair of free functions; `layer_forward` / `layer_backward` run a cell over
-time (the loops a Numba kernel can replace). The input projection of every step is one matmul outside the loop.
+time. The input projection of every step is one matmul outside the loop. These loops are the reference:
+Recurrent(backend="numba"), the default, runs their Numba twins in kernels_recurrent.py (same arguments,
+same results) and the embedding / linear twins of kernels.py; backend="numpy" runs this file and ops.py.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from tinyseq.errors import TinyseqError
-from tinyseq.nn.ops import embedding_backward, embedding_forward, linear_backward, linear_forward
+from tinyseq.nn import ops as numpy_ops
 from tinyseq.nn.params import Params
 
 KINDS = ("rnn", "gru", "lstm")
@@ -56,6 +61,7 @@ class RecurrentConfig:
     n_layers: int = 1            # stacked recurrent layers (PyTorch num_layers)
     input: str = "embedding"     # "embedding": learned (V, E) table; "onehot": the token's one-hot vector (I_0 = V)
     d_embed: int = 0             # E: embedding width; 0 = same as hidden (must stay 0 for one-hot input)
+    n_future: int = 1            # output heads: head i predicts x_{t+i}; > 1 adds mtp.{i}.weight (--objective mtp:N)
 
     @property
     def input_width(self) -> int:
@@ -72,7 +78,7 @@ class RecurrentConfig:
         if self.input not in INPUTS:
             raise TinyseqError(f"unknown recurrent input {self.input!r}: use 'embedding' (learned table) "
                                f"or 'onehot' (raw one-hot tokens), e.g. --input embedding")
-        for name in ("d_vocab", "n_ctx", "hidden", "n_layers"):
+        for name in ("d_vocab", "n_ctx", "hidden", "n_layers", "n_future"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise TinyseqError(f"recurrent {name} must be a positive integer, got {value!r}: "
@@ -102,6 +108,8 @@ def param_spec(cfg: RecurrentConfig) -> list[tuple[str, tuple[int, ...]]]:
         spec += [(f"weight_ih_l{k}", (GH, I)), (f"weight_hh_l{k}", (GH, H)),
                  (f"bias_ih_l{k}", (GH,)), (f"bias_hh_l{k}", (GH,))]
     spec += [("readout.weight", (V, H)), ("readout.bias", (V,))]
+    for i in range(2, cfg.n_future + 1):        # multi-token heads last: the trunk's init does not change
+        spec += [(f"mtp.{i}.weight", (V, H)), (f"mtp.{i}.bias", (V,))]
     return spec
 
 
@@ -256,6 +264,9 @@ def layer_backward(kind, dW_hh, db_hh, dh, st, W_hh, lo=0, hi=None):
 
 
 # ----------------------------------------------------------------------------------------------------------
+BACKENDS = ("numba", "numpy")   # numba: kernels.py + kernels_recurrent.py (fast); numpy: ops.py + the loops above
+
+
 class Recurrent:
     """Stacked RNN / GRU / LSTM with a linear readout. forward -> (logits, cache); backward(dlogits, cache)
     += params.grad (full BPTT, or truncated with bptt_window) and returns dx0.
@@ -265,9 +276,20 @@ class Recurrent:
     cache["l{k-1}"]["h"] as its input.
     """
 
-    def __init__(self, config: RecurrentConfig, dtype=np.float32, seed: int = 0):
+    def __init__(self, config: RecurrentConfig, dtype=np.float32, seed: int = 0, backend: str = "numba"):
         self.config = config.validate()
-        self.backend = "numpy"         # a fast backend swaps layer_forward / layer_backward for Numba twins
+        if backend not in BACKENDS:
+            raise TinyseqError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}, e.g. --backend numpy")
+        self.backend = backend
+        # self.ops: embedding and linear maps; self.loops: layer_forward / layer_backward, the time loops.
+        # numpy: ops.py and the loops in this file (the reference); numba: their twins, same signatures.
+        if backend == "numba":
+            from tinyseq.nn import kernels, kernels_recurrent   # imported here: NumPy-only use never loads Numba
+            from tinyseq.threads import keep_freed_memory
+            keep_freed_memory()              # reuse last step's activation memory (see threads.py)
+            self.ops, self.loops = kernels, kernels_recurrent
+        else:
+            self.ops, self.loops = numpy_ops, sys.modules[__name__]
         self.params = Params(param_spec(config), dtype)
         self.init_params(seed)
 
@@ -308,33 +330,47 @@ class Recurrent:
         if x0 is not None:
             x = x0                                                              # (B, T, I_0)
         elif cfg.input == "embedding":
-            x = embedding_forward(p["embed.weight"], tokens)                     # (B, T, E)
+            x = self.ops.embedding_forward(p["embed.weight"], tokens)            # (B, T, E)
         else:
             x = np.eye(cfg.d_vocab, dtype=p.dtype)[tokens]                       # (B, T, V)
         cache = dict(tokens=tokens, x=x, x0_given=x0 is not None)
         for k in range(cfg.n_layers):
-            xp = x @ p[f"weight_ih_l{k}"].T + p[f"bias_ih_l{k}"]                 # (B, T, G*H) all steps at once
-            st = layer_forward(cfg.kind, xp, p[f"weight_hh_l{k}"], p[f"bias_hh_l{k}"])
+            # xp = x @ weight_ih.T + bias_ih, every step in one product (linear_forward takes (I, G*H))
+            xp = self.ops.linear_forward(x, p[f"weight_ih_l{k}"].T, p[f"bias_ih_l{k}"])  # (B, T, G*H)
+            st = self.loops.layer_forward(cfg.kind, xp, p[f"weight_hh_l{k}"], p[f"bias_hh_l{k}"])
             cache[f"l{k}"] = st
             x = st["h"]                                                         # (B, T, H)
         # nn.Linear stores (V, H) and computes h @ W.T + b; linear_forward takes (H, V), so pass the transpose
-        logits = linear_forward(x, p["readout.weight"].T, p["readout.bias"])     # (B, T, V)
+        logits = self.ops.linear_forward(x, p["readout.weight"].T, p["readout.bias"])  # (B, T, V)
         return logits, cache
 
-    def backward(self, dlogits, cache, bptt_window=None):  # (B, T, V), cache, int or None -> dx0 (B, T, I_0)
+    def mtp_logits(self, cache):  # cache of forward -> [(B, T, V)] of heads i = 2..n_future
+        """The multi-token heads: logits_i = h_top @ mtp.{i}.weight.T + mtp.{i}.bias predicts x_{t+i}."""
+        p, top = self.params, cache[f"l{self.config.n_layers - 1}"]["h"]            # (B, T, H)
+        return [self.ops.linear_forward(top, p[f"mtp.{i}.weight"].T, p[f"mtp.{i}.bias"])
+                for i in range(2, self.config.n_future + 1)]
+
+    def backward(self, dlogits, cache, bptt_window=None, dmtp=None):  # (B, T, V), cache, int or None -> dx0 (B, T, I_0)
         """Accumulate parameter gradients into params.grad; return the gradient of the first layer's input.
 
         bptt_window=None: full BPTT. bptt_window=M: the loss at step t is backpropagated through steps
         t-M+1..t only; every hidden (and cell) state before t-M+1, in every layer, is held fixed. M=1 lets no
         gradient through the recurrence; M >= T is full BPTT. Cost: T*M cell backwards instead of T.
+        Myopia horizon m (--myopia, objectives.py) is bptt_window = m + 1: the loss at t reaches t-m..t.
+        dmtp: gradients of mtp_logits' heads 2..n_future; they read the same top h_t as the readout.
         """
         p, cfg = self.params, self.config
         L = cfg.n_layers
         T = dlogits.shape[1]
         top = cache[f"l{L - 1}"]["h"]                                            # (B, T, H)
         # forward was: logits = h @ readout.weight.T + readout.bias
-        dh = linear_backward(p.grads["readout.weight"].T, p.grads["readout.bias"], dlogits,
-                             top, p["readout.weight"].T)                         # (B, T, H)
+        dh = self.ops.linear_backward(p.grads["readout.weight"].T, p.grads["readout.bias"], dlogits,
+                                      top, p["readout.weight"].T)                # (B, T, H)
+        # dmtp: gradients of mtp_logits' heads 2..n_future (None: none); forward was logits_i = h @ W_i.T + b_i
+        for i, d in enumerate(dmtp or [], start=2):
+            if d is not None:
+                dh += self.ops.linear_backward(p.grads[f"mtp.{i}.weight"].T, p.grads[f"mtp.{i}.bias"], d,
+                                               top, p[f"mtp.{i}.weight"].T)
         if bptt_window is None or bptt_window >= T:
             dx = self._bptt(dh, cache, 0, T)                                     # (B, T, I_0)
         else:
@@ -349,7 +385,7 @@ class Recurrent:
                 dx[:, lo:t + 1] += self._bptt(dh_t, cache, lo, t + 1)
         if not cache["x0_given"] and cfg.input == "embedding":
             # forward was: x = embed.weight[tokens]  (with x0 given, the embedding was never read)
-            embedding_backward(p.grads["embed.weight"], dx, cache["tokens"])
+            self.ops.embedding_backward(p.grads["embed.weight"], dx, cache["tokens"])
         return dx
 
     def _bptt(self, dh, cache, lo, hi):  # (B, hi-lo, H) from the readout -> dx (B, hi-lo, I_0)
@@ -358,12 +394,11 @@ class Recurrent:
         for k in reversed(range(cfg.n_layers)):
             st = cache[f"l{k}"]
             x = (cache["x"] if k == 0 else cache[f"l{k - 1}"]["h"])[:, lo:hi]       # (B, hi-lo, I_k)
-            dxp = layer_backward(cfg.kind, p.grads[f"weight_hh_l{k}"], p.grads[f"bias_hh_l{k}"], dh, st,
-                                 p[f"weight_hh_l{k}"], lo, hi)                     # (B, hi-lo, G*H)
-            # forward was: xp = x @ weight_ih.T + bias_ih  (all steps in one matmul, so its backward is one too)
-            p.grads[f"weight_ih_l{k}"] += dxp.reshape(-1, dxp.shape[-1]).T @ x.reshape(-1, x.shape[-1])
-            p.grads[f"bias_ih_l{k}"] += dxp.sum(axis=(0, 1))
-            dh = dxp @ p[f"weight_ih_l{k}"]                                          # (B, hi-lo, I_k)
+            dxp = self.loops.layer_backward(cfg.kind, p.grads[f"weight_hh_l{k}"], p.grads[f"bias_hh_l{k}"], dh,
+                                            st, p[f"weight_hh_l{k}"], lo, hi)      # (B, hi-lo, G*H)
+            # forward was: xp = x @ weight_ih.T + bias_ih  (all steps in one product, so its backward is one too)
+            dh = self.ops.linear_backward(p.grads[f"weight_ih_l{k}"].T, p.grads[f"bias_ih_l{k}"], dxp, x,
+                                          p[f"weight_ih_l{k}"].T)                  # (B, hi-lo, I_k)
         return dh
 
     def activations(self, tokens) -> dict[str, np.ndarray]:
