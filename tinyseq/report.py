@@ -93,3 +93,134 @@ def gradcheck_report(results, tol) -> str:
     n_all = sum(len(rows) for _, _, rows in results)
     out.append(f"\n{n_all - n_fail} passed, {n_fail} failed")
     return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# `tinyseq probe` / `tinyseq demo`: the tables of tinyseq.analysis.analyse (one dict in, strings out)
+def _pct(x) -> str:
+    return "-" if x is None or x != x else f"{100 * x:.1f}%"
+
+
+def _sci(x) -> str:
+    return "-" if x is None or x != x else f"{x:.2e}"
+
+
+def _ratio(x) -> str:
+    return f"{x:.1f}x" if x < 100 else f"{x:.0f}x" if x < 10_000 else ">10,000x"
+
+
+def eval_set_line(a: dict) -> str:
+    e = a["eval_set"]
+    return f"Evaluation set: {e['description']}; {e['split']}."
+
+
+def loss_line(a: dict) -> str:
+    loss = a["loss"]
+    floor = "Bayes floor" if loss.get("floor_exact", True) else "estimated floor"
+    return (f"Loss on that set: {loss['mean_nats']:.5f} nats per token vs the {floor} {loss['floor_nats']:.5f}: "
+            f"gap {loss['gap_nats']:.5f} nats ({loss['gap_percent']:.2f}% of the floor).")
+
+
+def belief_table(a: dict) -> str:
+    """Trained hooks next to the same probe on the randomly initialised network, then the other controls."""
+    rows = a["belief_recovery"]
+    random = {r["hook"]: r for r in rows if r["control"] == "random_init"}
+    body = []
+    for r in rows:
+        if r["control"] is not None:
+            continue
+        c = random.get(r["hook"])
+        body.append([r["label"], r["width"], f"{r['r2']:.4f}", _sci(r["mse"]), f"{r['rmse']:.4f}",
+                     f"{c['r2']:.4f}" if c else "-", _sci(c["mse"]) if c else "-",
+                     _ratio(c["mse"] / r["mse"]) if c and r["mse"] > 0 else "-"])
+    has_random = bool(random)
+    headers = ["activations", "width", "R^2", "MSE", "RMSE"]
+    if has_random:
+        headers += ["R^2 random init", "MSE random init", "MSE ratio"]
+    else:
+        body = [r[:5] for r in body]
+    main = tabulate(body, headers=headers, colalign=("left",) + ("right",) * (len(headers) - 1))
+    names = {"shuffled_labels": "shuffled labels: ", "model_output": "", "bayes_output": ""}
+    ctrl = [[names[r["control"]] + r["label"], r["width"], f"{r['r2']:.4f}", _sci(r["mse"]), f"{r['rmse']:.4f}"]
+            for r in rows if r["control"] in names]
+    ctrl_table = tabulate(ctrl, headers=["control", "width", "R^2", "MSE", "RMSE"],
+                          colalign=("left", "right", "right", "right", "right"))
+    out = [headed("How much of the exact belief state each layer holds: an affine probe from its activations to "
+                  "the belief,\nscored on held-out sequences.", main),
+           "MSE is per belief coordinate (the published mess3 model: 3.9e-4)."
+           + (" 'random init' is the same probe on the same architecture\nbefore training: a layer has learned the "
+              "belief only where its MSE is far below that control." if has_random else ""),
+           "",
+           headed("Controls: a probe fitted to shuffled labels (it can read nothing), and probes from the model's "
+                  "next-token output\nand from the exact Bayes next-token distribution (how much of the belief a "
+                  "prediction reveals).", ctrl_table),
+           f"protocol: {a['belief_protocol']}"]
+    if not a["belief_set"]["same_sequences_as_eval_set"]:
+        out.append(f"belief-probe set: {a['belief_set']['description']}")
+    return "\n".join(out)
+
+
+def distance_table(a: dict) -> str:
+    d = a.get("distances")
+    if not d:
+        return ""
+    r = a["ranks"]
+    body = [[x["label"], f"{x['r2_true']:.3f}", f"{x['r2_next']:.3f}"] for x in d]
+    table = tabulate(body, headers=["activations", "R^2 vs belief distances", "R^2 vs next-token distances"],
+                     colalign=("left", "right", "right"))
+    return (headed("Beyond the next token: do distances between probed beliefs follow the true-belief distances "
+                   "or the next-token ones?", table)
+            + f"\nFor {a['process']} the next-token prediction is a rank-{r['next_token']} view of a "
+              f"{r['states']}-state belief; a layer that holds more than its output\nscores higher in the first "
+              f"column (published for rrxor: 0.95 vs 0.31). {d[0]['n_pairs']:,} pairs of held-out prefixes, drawn "
+              f"by probability.")
+
+
+def kstep_table(a: dict) -> str:
+    rows = a["kstep"]
+
+    def cell(acc, gain):
+        return f"{acc:.4f} ({_pct(gain)})"
+
+    body = [[r["k"], f"{r['baseline_accuracy']:.4f}", f"{r['bayes_accuracy']:.4f}",
+             cell(r["rollout_accuracy"], r["rollout_gain"]), cell(r["probe_accuracy"], r["probe_gain"]),
+             cell(r["belief_route_accuracy"], r["belief_route_gain"]), f"{r['kl_bits']:.5f}"] for r in rows]
+    table = tabulate(body, headers=["k", "baseline", "Bayes", "model, chained", "probe", "belief route",
+                                    "KL bits"], colalign=("right",) * 7)
+    return (headed("Predicting the token k steps ahead: each predictor's expected accuracy E[P*(its guess)] under "
+                   "the exact k-step\ndistribution, and in brackets its share of the gain from the baseline to "
+                   "Bayes.", table)
+            + "\nbaseline: always the most frequent symbol. model, chained: the model fed its own predictions, "
+              "f(a, b, c) == g(a)(b)(c)\n(KL bits: KL(P* || it)). probe: token t+k read straight from "
+              f"{a['kstep_hook_label']}. belief route: probed belief x exact k-step map."
+            + f"\nprotocol: {a['kstep_protocol']}")
+
+
+def simplex_section(a: dict, picture_text: str) -> str:
+    p = a["picture"]
+    return headed(f"The belief simplex: exact beliefs of {p['n_points']:,} held-out prefixes, and where the probe from "
+                  f"{p['label']} puts them (MSE {p['mse']:.2e}).", picture_text)
+
+
+def probe_report(a: dict, picture_text: str | None = None) -> str:
+    """Everything `tinyseq probe` prints, in reading order."""
+    parts = [eval_set_line(a), loss_line(a), "", belief_table(a)]
+    dist = distance_table(a)
+    if dist:
+        parts += ["", dist]
+    parts += ["", kstep_table(a)]
+    if picture_text:
+        parts += ["", simplex_section(a, picture_text)]
+    return "\n".join(parts)
+
+
+def demo_intro(f: dict) -> str:
+    """The process facts `tinyseq demo` starts with."""
+    r = f["ranks"]
+    reveal = ("so the next-token prediction alone pins down the belief" if r["next_token"] >= r["states"]
+              else "so a perfect next-token predictor could still forget part of the belief")
+    return (f"{f['name']}: {f['states']} hidden states, {f['vocab']} symbols ({', '.join(f['symbols'])}).\n"
+            f"A model reading {f['context']} tokens can at best reach a mean loss of {f['floor_nats']:.5f} nats per "
+            f"token\n(the Bayes floor, mean h(2..{f['context'] + 1})).\n"
+            f"The belief over the hidden states is all any predictor needs for every future token. The map from\n"
+            f"belief to next-token prediction has rank {r['next_token']} for a {r['states']}-state belief,\n{reveal}.")

@@ -1,0 +1,152 @@
+"""tinyseq.analysis against exact values, on stub "networks" whose answers are known in advance:
+activations that ARE the belief (probes must give R^2 = 1), activations that are noise (R^2 ~ 0), and logits that
+are the exact Bayes next-token log-probabilities (chaining them must reproduce the exact k-step marginal)."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import tinyseq
+from tinyseq import analysis as A
+from tinyseq import beliefs as B
+from tinyseq import report
+from tinyseq.errors import TinyseqError
+
+
+def safe_beliefs(proc, tokens):  # (N, T) -> (N, T, S); an impossible token keeps the previous belief
+    tokens = np.asarray(tokens)
+    eta = np.broadcast_to(proc.stationary, (len(tokens), proc.n_states)).copy()
+    out = np.empty(tokens.shape + (proc.n_states,))
+    for t in range(tokens.shape[1]):
+        u = np.einsum("bi,bij->bj", eta, proc.T[tokens[:, t]])
+        z = u.sum(axis=1, keepdims=True)
+        eta = np.where(z > 0, u / np.where(z > 0, z, 1.0), eta)
+        out[:, t] = eta
+    return out
+
+
+class Stub:
+    """A 'network' of context n_ctx: the Bayes predictor, whose activations are the belief or pure noise."""
+
+    def __init__(self, proc, n_ctx, acts="belief", width=8, seed=0):
+        self.proc, self.kind_of_acts, self.width, self.seed = proc, acts, width, seed
+        self.config = SimpleNamespace(n_ctx=n_ctx, d_vocab=proc.vocab)
+
+    def logits(self, tokens):  # exact Bayes next-token log-probabilities
+        p = B.next_token_probs(self.proc, safe_beliefs(self.proc, tokens))
+        return np.log(np.clip(p, 1e-300, None))
+
+    def activations(self, tokens):
+        tokens = np.asarray(tokens)
+        if self.kind_of_acts == "belief":
+            return {"belief": safe_beliefs(self.proc, tokens)}
+        # pure noise: nothing to do with the tokens
+        out = np.random.default_rng(self.seed).standard_normal(tokens.shape + (self.width,))
+        return {"noise": out}
+
+
+@pytest.fixture(scope="module")
+def mess3():
+    return tinyseq.process("mess3")
+
+
+@pytest.fixture(scope="module")
+def belief_result(mess3):
+    noise_factory = lambda seed: Stub(mess3, 6, acts="noise", seed=seed)  # noqa: E731
+    return A.analyse(Stub(mess3, 6), mess3, horizon=3, random_init=noise_factory)
+
+
+def test_activations_that_are_the_belief_give_r2_one(belief_result):
+    trained = [r for r in belief_result["belief_recovery"] if r["control"] is None]
+    assert [r["hook"] for r in trained] == ["belief"]
+    assert trained[0]["r2"] > 1 - 1e-9 and trained[0]["mse"] < 1e-15
+    controls = {r["control"] for r in belief_result["belief_recovery"]}
+    assert controls == {None, "random_init", "shuffled_labels", "model_output", "bayes_output"}
+    # mess3's next-token map has full rank: the (Bayes) output reveals the whole belief
+    out = next(r for r in belief_result["belief_recovery"] if r["control"] == "model_output")
+    assert out["r2"] > 1 - 1e-9
+
+
+def test_noise_activations_give_r2_near_zero(mess3):
+    # uniform weighting: every (sequence, position) row counts once, so the effective sample is large and the
+    # held-out R^2 of a probe that reads nothing stays within about 2 / sqrt(fit rows) of 0
+    noise = lambda seed: Stub(mess3, 7, acts="noise", width=4, seed=seed)  # noqa: E731
+    r = A.analyse(Stub(mess3, 7), mess3, horizon=1, weighting="uniform", random_init=noise)
+    rows = {row["control"]: row for row in r["belief_recovery"]}
+    assert rows[None]["r2"] > 1 - 1e-9
+    assert abs(rows["random_init"]["r2"]) < 0.1
+    assert abs(rows["shuffled_labels"]["r2"]) < 0.1
+    assert "weighted equally" in r["belief_set"]["description"]
+
+
+def test_bayes_logits_chain_to_bayes(belief_result):
+    rows = belief_result["kstep"]
+    assert [r["k"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert r["rollout_accuracy"] == pytest.approx(r["bayes_accuracy"], abs=1e-9)
+        assert r["belief_route_accuracy"] == pytest.approx(r["bayes_accuracy"], abs=1e-9)
+        assert r["kl_bits"] < 1e-9
+        assert r["baseline_accuracy"] <= r["probe_accuracy"] <= r["bayes_accuracy"] + 1e-12
+        assert r["rollout_gain"] == pytest.approx(1.0, abs=1e-9)
+    loss = belief_result["loss"]
+    assert loss["gap_nats"] == pytest.approx(0.0, abs=1e-12)
+    assert loss["floor_nats"] == pytest.approx(B.myopic_entropies(tinyseq.process("mess3"), 7)[1:].mean(), abs=1e-12)
+
+
+def test_chained_next_token_equals_exact_kstep_marginal(mess3):
+    V, n = mess3.vocab, 6
+    tree = A.full_tree(V, n)
+    model = Stub(mess3, n)
+    levels = A.tree_levels(A._softmax(model.logits(tree)), V)
+    for t in (1, 2, 4):
+        prefixes = A.full_tree(V, t)
+        eta = B.belief_states(mess3, prefixes)[:, -1]
+        for k in range(1, n - t + 2):
+            np.testing.assert_allclose(A.tree_kstep(levels, t, k, V), B.kstep_marginal(mess3, eta, k), atol=1e-12)
+
+
+def test_json_has_the_promised_keys_and_is_strict(belief_result):
+    text = json.dumps(belief_result, allow_nan=False)
+    d = json.loads(text)
+    assert {"mean_nats", "floor_nats", "gap_nats"} <= set(d["loss"])
+    assert {"hook", "r2", "mse", "rmse", "control"} <= set(d["belief_recovery"][0])
+    assert {"k", "baseline_accuracy", "bayes_accuracy", "rollout_accuracy", "probe_accuracy",
+            "belief_route_accuracy", "kl_bits"} <= set(d["kstep"][0])
+    assert d["eval_set"]["kind"] == "enumerated" and "exact probability" in d["eval_set"]["description"]
+
+
+def test_report_prints_every_section(belief_result):
+    text = report.probe_report(belief_result, "PICTURE")
+    for needle in ("Evaluation set: all 729 possible sequences", "Bayes floor", "random init", "shuffled labels",
+                   "k steps ahead", "belief route", "PICTURE", "protocol:"):
+        assert needle in text, needle
+
+
+def test_sampled_set_is_reported_and_rollouts_stay_exact(mess3):
+    r = A.analyse(Stub(mess3, 6), mess3, horizon=2, eval_set="sample", n_sample=300, random_init=None)
+    assert r["eval_set"]["kind"] == "sampled" and "sampled" in r["eval_set"]["description"]
+    assert r["loss"]["floor_exact"] is False
+    for row in r["kstep"]:
+        assert row["rollout_accuracy"] == pytest.approx(row["bayes_accuracy"], abs=1e-9)
+        assert row["kl_bits"] < 1e-9
+
+
+def test_rank_deficient_process_gets_distances_and_a_large_probe_set():
+    rrxor = tinyseq.process("rrxor")
+    r = A.analyse(Stub(rrxor, 6), rrxor, horizon=2, random_init=None, n_sample=500)
+    assert r["eval_set"]["kind"] == "enumerated" and r["eval_set"]["n_sequences"] < 2 ** 6
+    assert r["belief_set"]["kind"] == "sampled"            # too few enumerated rows for a probe
+    assert "sampled" in r["belief_protocol"] or "sampled" in r["belief_set"]["description"]
+    assert r["distances"] is not None
+    exact = next(d for d in r["distances"] if d["hook"] == "belief")
+    assert exact["r2_true"] == pytest.approx(1.0, abs=1e-9)
+    for row in r["kstep"]:   # the model's own rollouts pass through impossible sequences: still exact
+        assert row["rollout_accuracy"] == pytest.approx(row["bayes_accuracy"], abs=1e-9)
+
+
+def test_bad_input_is_one_line_errors(mess3):
+    with pytest.raises(TinyseqError, match="horizon"):
+        A.analyse(Stub(mess3, 4), mess3, horizon=4, random_init=None)
+    with pytest.raises(TinyseqError, match="token values"):
+        A.analyse(Stub(mess3, 4), tinyseq.process("even"), random_init=None)

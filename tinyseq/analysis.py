@@ -1,0 +1,724 @@
+"""The answer on screen: everything `tinyseq probe` and `tinyseq demo` print, as one JSON-able dict.
+
+    analyse(model, process) -> {
+        eval_set          which sequences were evaluated: every one (enumerated, weighted by its exact
+                          probability) or a large sample; the split into fit / held-out sequences
+        loss              the model's mean next-token loss against the Bayes floor, exact on that set
+        belief_recovery   affine probes from each hook to the exact belief, with controls (random init,
+                          shuffled labels, the model's own next-token output)
+        distances         when the next-token map has lower rank than the belief (rrxor, z1r): do distances
+                          between probed beliefs follow true-belief distances or next-token distances?
+        kstep             k = 1..K: baseline, Bayes, the model's own chained k-step marginal, a logistic probe,
+                          the belief route (probed belief x exact k-step map), KL, fraction of gain
+        picture           which hook the simplex picture shows (the points themselves with points=True)
+    }
+
+Pure computation: nothing here prints. The model needs only .logits(tokens) (B, T) -> (B, T, V) and
+.activations(tokens) -> {hook: (B, T, D)}; a model of context n_ctx reads tokens[:, :n_ctx], and position
+p = 0..n_ctx-1 has seen p + 1 tokens (its exact belief is beliefs.belief_states(...)[:, p]).
+
+Why the enumerated set is cheap. A causal model's output at position p depends only on the prefix x_1..p+1, so
+one forward pass over all V^n_ctx sequences (the complete prefix tree) yields the model's next-token
+distribution after *every* prefix of every length. The model's own k-step marginal then needs no further
+forward pass: it is the sum over the k-1 generated tokens, folded one level of the tree at a time,
+    q_k(x | s) = sum_c q(c | s) q_{k-1}(x | s c),
+which is the seed's f(a, b, c) == g(a)(b)(c): the model's next-token function, chained.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from tinyseq import beliefs as B
+from tinyseq import probes
+from tinyseq.errors import TinyseqError
+
+ENUMERATE_MAX = 100_000      # enumerate every sequence when vocab ** n_ctx is at most this (mess3 n_ctx 10: 59,049)
+SAMPLE_SEQUENCES = 10_000    # size of a sampled evaluation set (and the least a sampled belief-probe set gets)
+ROWS_PER_FEATURE = 20        # an unregularised probe needs at least this many fit rows per activation dimension;
+#                              below it the belief probe moves to a large sampled set or picks a ridge by CV
+FORWARD_CHUNK = 4096         # sequences per forward pass
+KSTEP_L2 = 0.1               # logistic k-step probe: L2 on standardised features (dimensionless). Measured on mess3:
+#                              1e-4 lets the fit chase calibration through non-belief directions and costs up to
+#                              0.008 of accuracy at k = 5; 0.1 keeps it within 0.0005 of Bayes (exact beliefs: 0)
+KSTEP_MAX_SEQUENCES = 500    # sampled sets: held-out sequences the k-step table uses (the rollouts dominate the cost)
+ROLLOUT_MAX_EXACT = 128      # sampled sets: exact rollout when vocab ** (k-1) <= this, else Monte Carlo
+ROLLOUT_SAMPLES = 32         # Monte Carlo continuations per prefix
+RANDOM_INIT_MAX_SEQUENCES = 20_000  # the random-init control runs on at most this many sequences (a control
+#                              needs the order of magnitude, not the third digit; it saves most of a forward pass)
+PICTURE_POINTS = 20_000      # held-out rows shown in the simplex picture (uniform over rows: shows the geometry)
+DISTANCE_PAIRS = 20_000      # pairs drawn for the pairwise-distance analysis
+DEFAULT_HORIZON = 5
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the model as a black box: context, hooks, forward passes
+def model_context(model, n_ctx=None) -> int:
+    """The context length to evaluate at: n_ctx if given, else model.config.n_ctx, else model.n_ctx."""
+    if n_ctx is None:
+        n_ctx = getattr(getattr(model, "config", None), "n_ctx", None) or getattr(model, "n_ctx", None)
+    if n_ctx is None:
+        raise TinyseqError("the model does not say its context length: pass n_ctx")
+    if int(n_ctx) < 2:
+        raise TinyseqError(f"the context must hold at least 2 tokens, got {n_ctx}")
+    return int(n_ctx)
+
+
+def probe_hooks(names) -> list[str]:
+    """The hook points the belief table probes, in pipeline order: for a transformer the embeddings, the residual
+    stream after each block and the final LayerNorm (not the mid-block residuals); for a recurrent net each
+    layer's hidden state (not an LSTM's cell state, which the readout never sees). Other models: every hook."""
+    return [h for h in names if not h.endswith("hook_resid_mid") and not h.startswith("rnn.hook_c_")]
+
+
+def final_hook(hooks) -> str:
+    """The last layer's output before any final normalisation: where the published probes read the belief."""
+    inner = [h for h in hooks if not h.startswith("ln_final")]
+    return inner[-1] if inner else hooks[-1]
+
+
+def hook_label(hook: str) -> str:
+    """A reader's name for a hook: 'embeddings', 'after block 2', 'final LayerNorm', 'layer 1 hidden state'."""
+    if hook == CONCAT:
+        return "all hooks concatenated"
+    if hook == "blocks.0.hook_resid_pre":
+        return "embeddings"
+    if hook.startswith("blocks.") and hook.endswith("hook_resid_post"):
+        return f"after block {int(hook.split('.')[1]) + 1}"
+    if hook.startswith("blocks.") and hook.endswith("hook_resid_mid"):
+        return f"block {int(hook.split('.')[1]) + 1} after attention"
+    if hook == "ln_final.hook_normalized":
+        return "final LayerNorm"
+    if hook.startswith("rnn.hook_h_l"):
+        return f"layer {int(hook[len('rnn.hook_h_l'):]) + 1} hidden state"
+    return hook
+
+
+CONCAT = "concat"
+
+
+def _softmax(logits):  # (..., V) -> (..., V) float64
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def run_model(model, tokens, want_probs=True, want_acts=True):
+    """Forward `tokens` (N, T) in chunks -> next-token probabilities (N, T, V) float64 (or None), the probed
+    hooks' activations {hook: (N, T, D)} float32 (or None), and the hook names in pipeline order.
+
+    When model.forward(tokens) returns (logits, cache) with the hooks in the cache (the tinyseq transformer),
+    one pass gives both; otherwise .logits and .activations are called (two passes)."""
+    N = tokens.shape[0]
+    probe = np.ascontiguousarray(tokens[:1])
+    hooks = probe_hooks(list(model.activations(probe).keys())) if want_acts else None
+    one_pass = want_probs and want_acts and _forward_has_hooks(model, probe, hooks)
+    probs = acts = None
+    for s in range(0, N, FORWARD_CHUNK):
+        chunk = np.ascontiguousarray(tokens[s:s + FORWARD_CHUNK])
+        logits, a = None, None
+        if one_pass:
+            logits, cache = model.forward(chunk)
+            a = {h: cache[h] for h in hooks}
+        else:
+            if want_acts:
+                full = model.activations(chunk)
+                a = {h: full[h] for h in hooks}
+            if want_probs:
+                logits = model.logits(chunk)
+        if want_probs:
+            p = _softmax(logits)                                       # (n, T, V)
+            if probs is None:
+                probs = np.empty((N,) + p.shape[1:])
+            probs[s:s + len(chunk)] = p
+        if want_acts:
+            if acts is None:
+                acts = {h: np.empty((N,) + v.shape[1:], dtype=np.float32) for h, v in a.items()}
+            for h, v in a.items():
+                acts[h][s:s + len(chunk)] = v
+    return probs, acts, hooks
+
+
+def _forward_has_hooks(model, probe, hooks) -> bool:
+    fwd = getattr(model, "forward", None)
+    if fwd is None:
+        return False
+    try:
+        out = fwd(probe)
+    except Exception:  # another forward signature: use the public .logits / .activations
+        return False
+    return isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict) and all(h in out[1] for h in hooks)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the evaluation set
+class EvalData:
+    """Sequences (N, T), their weights (N,), exact beliefs (N, T, S), the model's next-token probabilities
+    (N, T, V), activations {hook: (N, T, D)}, and the split into fit / held-out sequences."""
+
+    def __init__(self, kind, vocab, tokens, weights, beliefs, probs, acts, hooks, description, frac_fit, seed):
+        self.vocab = vocab
+        self.kind = kind                  # "enumerated" or "sampled"
+        self.tokens = tokens
+        self.weights = weights            # probabilities (enumerated) or ones (sampled: already drawn from P)
+        self.beliefs = beliefs
+        self.probs = probs
+        self.acts = acts
+        self.hooks = hooks
+        self.description = description
+        self.fit_seq, self.eval_seq = probes.split_sequences(len(tokens), frac_fit, seed)
+
+    @property
+    def weighted(self):                   # False for samples and for the uniformly weighted copy
+        return self.kind == "enumerated"
+
+
+def full_tree(V, n):  # -> (V^n, n) every sequence, lexicographic: index = sum_j x_j V^(n-1-j)
+    return (np.arange(V ** n)[:, None] // V ** (n - 1 - np.arange(n))[None, :]) % V
+
+
+def tree_index(tokens, V):  # (N, n) -> (N,) position of each sequence in full_tree
+    n = tokens.shape[1]
+    return tokens.astype(np.int64) @ (V ** (n - 1 - np.arange(n, dtype=np.int64)))
+
+
+def enumerated_data(model, proc, n_ctx, frac_fit, seed):
+    """Every possible sequence of length n_ctx with its exact probability. The model runs on the complete tree
+    (impossible sequences too: the model's own rollouts may generate them); returns (EvalData, tree probs)."""
+    V = proc.vocab
+    tree = full_tree(V, n_ctx)
+    tree_probs, tree_acts, hooks = run_model(model, tree)
+    tokens, weights = B.enumerate_sequences(proc, n_ctx)
+    idx = tree_index(tokens, V)
+    acts = {h: a[idx] for h, a in tree_acts.items()}
+    desc = (f"all {len(tokens):,} possible sequences of length {n_ctx} (of {V}^{n_ctx} = {V ** n_ctx:,}), "
+            f"each weighted by its exact probability")
+    data = EvalData("enumerated", V, tokens, weights, B.belief_states(proc, tokens), tree_probs[idx], acts, hooks,
+                    desc, frac_fit, seed)
+    return data, tree_probs
+
+
+def sampled_data(model, proc, n_ctx, n_seq, frac_fit, seed, why=""):
+    """n_seq sequences sampled from the process (seeded; weighted equally, since they are drawn from P)."""
+    from tinyseq.processes import sample
+
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(5,)))
+    tokens = sample(proc, n_seq, n_ctx, rng)
+    probs, acts, hooks = run_model(model, tokens)
+    n_distinct = len(np.unique(tokens, axis=0))
+    desc = f"{n_seq:,} sequences of length {n_ctx} sampled from the process ({n_distinct:,} distinct){why}"
+    return EvalData("sampled", proc.vocab, tokens, np.ones(n_seq), B.belief_states(proc, tokens), probs, acts,
+                    hooks, desc, frac_fit, seed)
+
+
+def activations_on(model, data: EvalData):
+    """Another model's (e.g. the random-init control's) activations on the same sequences: {hook: (N, T, D)}."""
+    _, acts, hooks = run_model(model, data.tokens, want_probs=False)
+    return acts, hooks
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. the loss against the Bayes floor
+def loss_vs_floor(proc, data: EvalData) -> dict:
+    """Mean next-token loss = floor + KL(P* || model) at each position, exact over an enumerated set."""
+    P = B.next_token_probs(proc, data.beliefs)  # (N, T, V) exact next-token distribution
+    w = data.weights / data.weights.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.where(P > 0, P * np.log(np.where(P > 0, P, 1.0)), 0.0).sum(axis=-1)               # (N, T)
+        kl = np.where(P > 0, P * (np.log(np.where(P > 0, P, 1.0)) - np.log(np.clip(data.probs, 1e-300, None))),
+                      0.0).sum(axis=-1)                                                                # (N, T)
+    floors, gaps = w @ ent, w @ kl                                                                     # (T,)
+    floor, gap = float(floors.mean()), float(gaps.mean())
+    return {"mean_nats": floor + gap, "floor_nats": floor, "gap_nats": gap,
+            "gap_percent": 100.0 * gap / floor if floor > 0 else float("inf"),
+            "floor_exact": data.kind == "enumerated",
+            "per_position": [{"position": t + 2, "loss_nats": float(floors[t] + gaps[t]),
+                              "floor_nats": float(floors[t]), "gap_nats": float(gaps[t])}
+                             for t in range(len(floors))]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. belief recovery
+class Rows:
+    """Rows (sequence, position) of some sequences, merged by prefix. A causal model's activations, the exact
+    belief and every prediction at a row depend only on the prefix x_1..p+1, so a weighted fit or metric over
+    the rows equals the same over the distinct prefixes, each weighted by the summed weight of its rows
+    (most short prefixes occur in thousands of sequences: mess3 has 590,490 rows but 88,572 prefixes)."""
+
+    def __init__(self, data, seq_ids, n_pos):
+        self.raw_seqs = np.repeat(seq_ids, n_pos)                    # (R,) every row
+        self.raw_pos = np.tile(np.arange(n_pos), len(seq_ids))
+        self.raw_w = data.weights[self.raw_seqs]
+        key = _prefix_keys(data, self.raw_seqs, self.raw_pos)
+        if key is None:                                                # prefixes too long to index: no merging
+            self.seqs, self.pos, self.w = self.raw_seqs, self.raw_pos, self.raw_w
+            self.inv = np.arange(len(self.raw_seqs))
+        else:
+            _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+            self.inv = inv.reshape(-1)                                 # (R,) row -> its prefix
+            self.seqs, self.pos = self.raw_seqs[first], self.raw_pos[first]  # (U,) one representative each
+            self.w = np.bincount(self.inv, weights=self.raw_w, minlength=len(first))
+
+    @property
+    def n_raw(self):
+        return len(self.raw_seqs)
+
+
+def _prefix_keys(data, seqs, pos):  # -> (R,) int64 id of the prefix tokens[seq, :pos+1], or None
+    V, T = data.vocab, data.tokens.shape[1]
+    if V ** (T + 1) >= 2 ** 62:
+        return None
+    full = tree_index(data.tokens, V)                                  # (N,) base-V number of each sequence
+    t = pos + 1
+    offset = np.cumsum([0] + [V ** s for s in range(T + 1)])           # prefixes of length t start at offset[t]
+    return offset[t] + full[seqs] // V ** (T - t)
+
+
+def _fit_rows(data):
+    if getattr(data, "_fit", None) is None:
+        data._fit = Rows(data, data.fit_seq, data.tokens.shape[1])
+    return data._fit
+
+
+def _heldout_rows(data):
+    if getattr(data, "_eval", None) is None:
+        data._eval = Rows(data, data.eval_seq, data.tokens.shape[1])
+    return data._eval
+
+
+def _belief_probe(data, feats, hook, ridge, control=None, shuffle=False, seed=0):
+    """One row of the belief table. feats(seqs, pos) -> (n, D) features at those rows."""
+    fit, ev = _fit_rows(data), _heldout_rows(data)
+    S = data.beliefs.shape[-1]
+    width = feats(fit.seqs[:1], fit.pos[:1]).shape[-1]
+    r = ridge if ridge != "auto" else (0.0 if fit.n_raw >= ROWS_PER_FEATURE * width else "cv")
+    perm = np.random.default_rng((seed, 2)).permutation
+    X, Y, w = feats(fit.seqs, fit.pos), data.beliefs[fit.seqs, fit.pos], fit.w
+    if shuffle:   # permute the targets of the (sequence, position) rows, then merge: each prefix's target is the
+        #           weighted mean of the labels its rows drew, exactly as if the rows were fitted one by one
+        Yraw = data.beliefs[fit.raw_seqs, fit.raw_pos][perm(fit.n_raw)] * fit.raw_w[:, None]
+        Y = np.stack([np.bincount(fit.inv, weights=Yraw[:, j], minlength=len(w)) for j in range(S)], axis=1)
+        Y /= np.where(w > 0, w, 1.0)[:, None]
+    if r == "cv":   # few distinct prefixes for the width: 5-fold CV over the distinct prefixes of the fit part
+        r, _ = probes.choose_ridge_cv(X, Y, np.arange(len(Y)), w, seed=seed)
+        how = f"ridge {r:g} by 5-fold CV"
+    else:
+        how = f"ridge {r:g}"
+    W, b = probes.fit_affine(X, Y, w, r)
+    Ye = data.beliefs[ev.seqs, ev.pos]
+    Yhat = probes.predict_affine(feats(ev.seqs, ev.pos), W, b)
+    m = probes.mse(Ye, Yhat, ev.w)
+    row = {"hook": hook, "label": hook_label(hook), "control": control, "width": int(width),
+           "r2": probes.r2_score(Ye, Yhat, ev.w), "mse": m, "rmse": math.sqrt(m), "ridge": float(r),
+           "ridge_choice": how, "n_fit_rows": int(fit.n_raw), "n_eval_rows": int(ev.n_raw),
+           "n_fit_prefixes": int(len(fit.seqs)), "n_eval_prefixes": int(len(ev.seqs)),
+           "mse_by_coordinate": probes.mse_by_coordinate(Ye, Yhat, ev.w).tolist()}
+    assert len(row["mse_by_coordinate"]) == S
+    return row, (W, b)
+
+
+def _acts_feats(data, acts, hook):
+    hooks = data.hooks
+    if hook == CONCAT:
+        return lambda s, p: np.concatenate([acts[h][s, p] for h in hooks], axis=-1).astype(np.float64)
+    return lambda s, p: acts[hook][s, p].astype(np.float64)
+
+
+def belief_recovery(proc, data: EvalData, control=None, ridge="auto", seed=0):
+    """Rows for every hook (and their concatenation), then the controls. Returns (rows, fits {hook: (W, b)}).
+    control: (EvalData, acts) of the random-init network: the same sequences or a subset (same split)."""
+    rows, fits = [], {}
+    hooks = list(data.hooks) + ([CONCAT] if len(data.hooks) > 1 else [])
+    for h in hooks:
+        row, fits[h] = _belief_probe(data, _acts_feats(data, data.acts, h), h, ridge, seed=seed)
+        rows.append(row)
+    if control is not None:
+        cdata, cacts = control
+        for h in hooks:
+            if h == CONCAT or h in cacts:
+                rows.append(_belief_probe(cdata, _acts_feats(cdata, cacts, h), h, ridge,
+                                          control="random_init", seed=seed)[0])
+    h = final_hook(data.hooks)                                       # where the published control was run
+    rows.append(_belief_probe(data, _acts_feats(data, data.acts, h), h, ridge, control="shuffled_labels",
+                              shuffle=True, seed=seed)[0])
+    row, fits["next_token_output"] = _belief_probe(data, lambda s, p: data.probs[s, p], "next_token_output", ridge,
+                                                   control="model_output", seed=seed)
+    row["label"] = "the model's next-token probabilities"
+    rows.append(row)
+    bayes = lambda s, p: B.next_token_probs(proc, data.beliefs[s, p])  # noqa: E731
+    row, _ = _belief_probe(data, bayes, "bayes_next_token", ridge, control="bayes_output", seed=seed)
+    row["label"] = "exact Bayes next-token probabilities"
+    rows.append(row)
+    return rows, fits
+
+
+def _probed(data, hook, fit, seqs, pos):  # (n, S) probed beliefs at the given rows
+    feats = (lambda s, p: data.probs[s, p]) if hook == "next_token_output" else _acts_feats(data, data.acts, hook)
+    return probes.predict_affine(feats(seqs, pos), *fit)
+
+
+def distances(proc, data: EvalData, fits, seed=0):
+    """Pairwise-distance analysis over held-out prefixes (pairs drawn by weight), per hook and for the output."""
+    ev = _heldout_rows(data)
+    Y = data.beliefs[ev.seqs, ev.pos]
+    Q = B.next_token_probs(proc, Y)
+    out = []
+    for h, fit in fits.items():
+        r = probes.pairwise_distance_r2(_probed(data, h, fit, ev.seqs, ev.pos), Y, Q, DISTANCE_PAIRS, seed, ev.w)
+        label = "the model's next-token probabilities (control)" if h == "next_token_output" else hook_label(h)
+        out.append({"hook": h, "label": label, **r})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. k steps ahead
+def tree_levels(tree_probs, V):  # (V^n, n, V) -> [None, (V, V), (V^2, V), ..., (V^n, V)]: q(. | prefix of length t)
+    n = tree_probs.shape[1]
+    return [None] + [tree_probs[::V ** (n - t), t - 1] for t in range(1, n + 1)]
+
+
+def tree_kstep(levels, t, k, V):  # -> (V^t, V) the model's k-step marginal after every prefix of length t
+    """q_k(x | s) = sum_c q(c | s) q_{k-1}(x | s c), folded from the deepest level up: exact, no sampling."""
+    if t + k - 1 >= len(levels):
+        raise TinyseqError(f"a {k}-step rollout after {t} tokens needs {t + k - 1} tokens of context, more than "
+                           f"the {len(levels) - 1} evaluated")
+    R = levels[t + k - 1]                                              # (V^(t+k-1), V): k = 1 at the deepest prefix
+    for s in range(t + k - 2, t - 1, -1):
+        R = np.einsum("pc,pcx->px", levels[s], R.reshape(V ** s, V, V))  # sum over the generated token c
+    return R
+
+
+def _rollout_rows(model, data, tree, k, seqs, pos, V, n_ctx, seed):
+    """(n, V) the model's own k-step marginal at each row (prefix = tokens[seq, :pos+1])."""
+    out = np.empty((len(seqs), V))
+    if tree is not None:
+        levels, idx = tree
+        for t in np.unique(pos + 1):
+            m = pos + 1 == t
+            out[m] = tree_kstep(levels, t, k, V)[idx[seqs[m]] // V ** (n_ctx - t)]
+        return out
+
+    def next_token_fn(x):
+        return _softmax(model.logits(x))
+
+    for t in np.unique(pos + 1):
+        m = np.flatnonzero(pos + 1 == t)
+        uniq, inv = np.unique(data.tokens[seqs[m], :t], axis=0, return_inverse=True)
+        q = probes.rollout_kstep(next_token_fn, uniq, t, k, V, n_ctx, max_exact=ROLLOUT_MAX_EXACT,
+                                 rng=np.random.default_rng((seed, 7, k, int(t))), n_samples=ROLLOUT_SAMPLES)
+        out[m] = q[inv.reshape(-1)]
+    return out
+
+
+def kstep_table(model, proc, data: EvalData, hook, belief_fit, horizon, tree=None, seed=0, fit_data=None):
+    """One row per k: every predictor scored by its expected accuracy under the exact k-step distribution, over
+    the held-out rows of `data`. The logistic probe is fitted on the fit rows of `fit_data` (default `data`; the
+    large sampled set when the enumerated one is too small to fit on)."""
+    fit_data = data if fit_data is None else fit_data
+    V, T = proc.vocab, data.tokens.shape[1]
+    rng = np.random.default_rng((seed, 11))
+    eval_seq = data.eval_seq
+    if data.kind == "sampled" and len(eval_seq) > KSTEP_MAX_SEQUENCES:
+        eval_seq = np.sort(rng.choice(eval_seq, KSTEP_MAX_SEQUENCES, replace=False))
+    feats = _acts_feats(data, data.acts, hook)
+    fit_feats = _acts_feats(fit_data, fit_data.acts, hook)
+    rows = []
+    for k in range(1, horizon + 1):
+        n_pos = T - k                                                # positions p whose token p + k is in the window
+        ev = Rows(data, eval_seq, n_pos)                             # held-out rows, merged by prefix
+        w = ev.w / ev.w.sum()
+        Pstar = B.kstep_marginal(proc, data.beliefs[ev.seqs, ev.pos], k)  # (U, V) exact P*(x_{t+k} | x_1..t)
+        actual = data.tokens[ev.raw_seqs, ev.raw_pos + k]                  # (R,) the token that came
+        w_raw = ev.raw_w / ev.raw_w.sum()
+
+        def realised(pred):  # weighted hit rate of per-prefix predictions against the actual tokens
+            return float(w_raw @ (pred[ev.inv] == actual))
+
+        base = probes.constant_baseline_accuracy(Pstar, w)
+        bayes = probes.bayes_expected_accuracy(Pstar, w)
+        # the model's own k-step marginal, by chaining its next-token predictions
+        Q = _rollout_rows(model, data, tree, k, ev.seqs, ev.pos, V, T, seed)
+        roll = probes.expected_accuracy(Q.argmax(axis=1), Pstar, w)
+        # logistic probe: activation at p -> token at p + k, fitted on every row of the fit sequences. Rows
+        # sharing a prefix share the features, so they merge into one row whose soft label is the weighted
+        # histogram of the tokens that actually came k steps later: the same objective, far fewer rows.
+        fit = Rows(fit_data, fit_data.fit_seq, n_pos)
+        labels = fit_data.tokens[fit.raw_seqs, fit.raw_pos + k]
+        soft = np.zeros((len(fit.seqs), V))
+        np.add.at(soft, (fit.inv, labels), fit.raw_w)
+        soft /= np.where(fit.w > 0, fit.w, 1.0)[:, None]
+        Wl, bl = probes.fit_logistic(fit_feats(fit.seqs, fit.pos), soft, V, fit.w, l2=KSTEP_L2)
+        Xe = feats(ev.seqs, ev.pos)
+        Qp = probes.predict_proba(Xe, Wl, bl)
+        probe_acc = probes.expected_accuracy(Qp.argmax(axis=1), Pstar, w)
+        # belief route: probed belief times the exact k-step map
+        route = probes.predict_affine(Xe, *belief_fit) @ B.kstep_map(proc, k)
+        route_acc = probes.expected_accuracy(route.argmax(axis=1), Pstar, w)
+        gain = lambda a: probes.fraction_of_gain(a, base, bayes)  # noqa: E731
+        rows.append({
+            "k": k, "positions": n_pos, "n_rows": int(ev.n_raw), "n_prefixes": int(len(ev.seqs)),
+            "n_probe_fit_rows": int(fit.n_raw), "n_probe_fit_prefixes": int(len(fit.seqs)),
+            "baseline_accuracy": base, "bayes_accuracy": bayes,
+            "bayes_realised_accuracy": realised(Pstar.argmax(axis=1)),
+            "rollout_accuracy": roll, "rollout_gain": gain(roll),
+            "probe_accuracy": probe_acc, "probe_gain": gain(probe_acc),
+            "probe_realised_accuracy": realised(Qp.argmax(axis=1)),
+            "belief_route_accuracy": route_acc, "belief_route_gain": gain(route_acc),
+            "kl_bits": probes.kl_bits(Pstar, Q, w), "probe_kl_bits": probes.kl_bits(Pstar, Qp, w),
+        })
+    return rows
+
+
+def _features_at(data, hook, seqs, pos):  # (n, D) float64 activations at rows (seq, pos)
+    if hook == CONCAT:
+        return np.concatenate([data.acts[h][seqs, pos] for h in data.hooks], axis=-1).astype(np.float64)
+    return data.acts[hook][seqs, pos].astype(np.float64)
+
+
+# ----------------------------------------------------------------------------------------------------------
+def _random_init(model, random_init, seed):
+    """The random-init control model: given, built by a factory(seed), or rebuilt from model.config."""
+    if random_init is None or random_init is False:
+        return None
+    if random_init == "auto":
+        config = getattr(model, "config", None)
+        params = getattr(model, "params", None)
+        if config is None or params is None:
+            return None
+        from tinyseq.models import model_from_config
+        return model_from_config(config, dtype=getattr(params, "dtype", "float32"), seed=1_000_003 + seed)
+    if callable(random_init) and not hasattr(random_init, "activations"):
+        return random_init(1_000_003 + seed)
+    return random_init
+
+
+def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set="auto", weighting="probability",
+            random_init="auto", n_ctx=None, n_sample=SAMPLE_SEQUENCES, frac_fit=0.2, ridge="auto",
+            kstep_hook="final", points=False) -> dict:
+    """Every table of `tinyseq probe`, as one JSON-able dict (see the module docstring for the keys).
+
+    horizon      largest k of the k-step table (default min(5, n_ctx - 1)); must be < n_ctx
+    eval_set     "auto": enumerate every sequence when vocab ** n_ctx <= ENUMERATE_MAX, else sample;
+                 "enumerate" or "sample" to force one
+    belief_set   "auto": probe beliefs on the evaluation set unless it is enumerated and too small for the
+                 probe width (fewer than ROWS_PER_FEATURE fit rows per dimension of the widest probe, e.g. rrxor's
+                 436 sequences): then on a large sampled set; "eval" or "sample" to force one
+    weighting    "probability": enumerated rows weighted by their exact probability; "uniform": every
+                 sequence equally (the published mess3 protocol)
+    random_init  "auto" (rebuild model.config with another seed), a model, a factory seed -> model, or None
+    ridge        "auto": 0 (plain least squares, as published) when the fit set has ROWS_PER_FEATURE rows per
+                 dimension, else chosen by 5-fold CV in the fit set; "auto" is per probe; or a number
+    kstep_hook   "final" (the last layer before any final LayerNorm) or "concat" (all hooks): the features of
+                 the logistic k-step probe and of the belief route
+    points       True: also return the picture's points as arrays (not JSON-able) under picture.true / .probed
+    """
+    t_start = time.perf_counter()
+    timings = {}
+    n_ctx = model_context(model, n_ctx)
+    V = process.vocab
+    if horizon is None:
+        horizon = min(DEFAULT_HORIZON, n_ctx - 1)
+    if not isinstance(horizon, (int, np.integer)) or isinstance(horizon, bool) or horizon < 1:
+        raise TinyseqError(f"horizon must be a positive integer, got {horizon!r}")
+    if horizon >= n_ctx:
+        raise TinyseqError(f"horizon {horizon} needs {horizon + 1} tokens but the model's context is {n_ctx}: "
+                           f"use a horizon of at most {n_ctx - 1}")
+    for name, value, allowed in (("eval_set", eval_set, ("auto", "enumerate", "sample")),
+                                 ("belief_set", belief_set, ("auto", "eval", "sample")),
+                                 ("weighting", weighting, ("probability", "uniform")),
+                                 ("kstep_hook", kstep_hook, ("final", "concat"))):
+        if value not in allowed:
+            raise TinyseqError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    if not 0 < frac_fit < 1:
+        raise TinyseqError(f"frac_fit must be in (0, 1), got {frac_fit}")
+    probe_out = model.logits(np.zeros((1, n_ctx), dtype=np.int64))
+    if probe_out.shape[-1] != V:
+        raise TinyseqError(f"the model predicts {probe_out.shape[-1]} token values but {process.label} has {V}: "
+                           f"probe it on the process it was trained on")
+
+    # --- the evaluation set ---------------------------------------------------------------------------------
+    enumerate_ = eval_set == "enumerate" or (eval_set == "auto" and V ** n_ctx <= ENUMERATE_MAX)
+    if enumerate_ and V ** n_ctx > 20 * ENUMERATE_MAX:
+        raise TinyseqError(f"{process.label} has {V}^{n_ctx} = {V ** n_ctx:,} sequences of length {n_ctx}: too "
+                           f"many to enumerate; use the sampled evaluation set")
+    tree = None
+    t0 = time.perf_counter()
+    if enumerate_:
+        data, tree_probs = enumerated_data(model, process, n_ctx, frac_fit, seed)
+        tree = (tree_levels(tree_probs, V), tree_index(data.tokens, V))
+        del tree_probs
+    else:
+        data = sampled_data(model, process, n_ctx, n_sample, frac_fit, seed,
+                            why=f"; {V}^{n_ctx} = {V ** n_ctx:,} is too many to enumerate")
+    timings["forward"] = time.perf_counter() - t0
+    loss = loss_vs_floor(process, data)
+
+    # --- belief recovery ------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    width = sum(data.acts[h].shape[-1] for h in data.hooks)
+    fit_rows = len(data.fit_seq) * n_ctx
+    need_rows = ROWS_PER_FEATURE * width
+    bdata = data
+    why_sampled = ""
+    if belief_set == "sample" or (belief_set == "auto" and data.kind == "enumerated" and fit_rows < need_rows):
+        n_big = max(n_sample, math.ceil(need_rows / (frac_fit * n_ctx)) + 1)
+        if data.kind == "enumerated":
+            why_sampled = (f"; the {len(data.tokens):,} enumerated sequences give only {fit_rows:,} fit rows for"
+                           f" a {width}-wide probe")
+        bdata = sampled_data(model, process, n_ctx, n_big, frac_fit, seed + 1, why=why_sampled)
+        if data.kind == "enumerated":
+            seen = {tuple(s) for s in bdata.tokens[bdata.fit_seq]}
+            shared = np.mean([tuple(s) in seen for s in bdata.tokens[bdata.eval_seq]])
+            bdata.description += (f"; {100 * shared:.0f}% of held-out sequences also occur in the fit part"
+                                  f" (the process has only {len(data.tokens):,} distinct sequences)")
+    if bdata is data and data.kind == "enumerated" and weighting == "uniform":
+        bdata = _copy(data, weights=np.ones(len(data.tokens)), kind="enumerated (uniform)",
+                      description=data.description.replace("each weighted by its exact probability",
+                                                           "each weighted equally (the published protocol)"))
+    rmodel = _random_init(model, random_init, seed)
+    control = None
+    if rmodel is not None:
+        cdata = _subset(bdata, RANDOM_INIT_MAX_SEQUENCES, seed)
+        control_acts, control_hooks = activations_on(rmodel, cdata)
+        if list(control_hooks) != list(bdata.hooks) and len(control_hooks) == len(bdata.hooks):
+            control_acts = {h: control_acts[c] for h, c in zip(bdata.hooks, control_hooks)}  # pair by position
+        control = (cdata, control_acts)
+    timings["random_init_forward"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rows, fits = belief_recovery(process, bdata, control, ridge, seed)
+    n_control = len(control[0].tokens) if control else 0
+    del control
+    timings["belief_probes"] = time.perf_counter() - t0
+    widest = max((r for r in rows if r["control"] is None), key=lambda r: r["width"])
+    if bdata.tokens is not data.tokens and widest["n_fit_prefixes"] < ROWS_PER_FEATURE * widest["width"]:
+        bdata.description += (f"; its fit part holds only {widest['n_fit_prefixes']:,} distinct prefixes for the "
+                              f"{widest['width']}-wide probe, so held-out scores of wide probes are close to "
+                              f"in-sample ones")
+    ranks = B.observability_ranks(process)
+
+    # --- beyond the next token ------------------------------------------------------------------------------
+    dist = None
+    if ranks["next_token"] < process.n_states:
+        dist = distances(process, bdata, fits, seed)
+
+    # --- k steps ahead ----------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    khook = final_hook(data.hooks) if kstep_hook == "final" or len(data.hooks) == 1 else CONCAT
+    kfit = bdata if bdata.tokens is not data.tokens else data    # not the uniformly weighted copy: labels must follow P
+    kst = kstep_table(model, process, data, khook, fits[khook], horizon, tree, seed, fit_data=kfit)
+    timings["kstep"] = time.perf_counter() - t0
+
+    # --- the picture ------------------------------------------------------------------------------------------
+    trained = [r for r in rows if r["control"] is None]
+    best = min(trained, key=lambda r: r["mse"])
+    ev = _heldout_rows(bdata)
+    seqs, pos = ev.raw_seqs, ev.raw_pos
+    rng = np.random.default_rng((seed, 13))
+    if len(seqs) > PICTURE_POINTS:
+        pick = np.sort(rng.choice(len(seqs), PICTURE_POINTS, replace=False))
+        seqs, pos = seqs[pick], pos[pick]
+    picture = {"hook": best["hook"], "label": best["label"], "n_points": int(len(seqs)),
+               "mse": best["mse"], "rows": "held-out rows, chosen uniformly (not by probability)"}
+    if points:
+        picture["true"] = bdata.beliefs[seqs, pos]
+        picture["probed"] = _probed(bdata, best["hook"], fits[best["hook"]], seqs, pos)
+
+    final = final_hook(data.hooks)
+    ctrl = {r["hook"]: r for r in rows if r["control"] == "random_init"}
+    summary = {"final_hook": final, "final_mse": next(r["mse"] for r in trained if r["hook"] == final),
+               "final_random_init_mse": ctrl[final]["mse"] if final in ctrl else None}
+    if summary["final_random_init_mse"] is not None and summary["final_mse"] > 0:
+        summary["final_mse_ratio"] = summary["final_random_init_mse"] / summary["final_mse"]
+    summary["max_kstep_probe_shortfall"] = max(r["bayes_accuracy"] - r["probe_accuracy"] for r in kst)
+
+    return _json_safe({
+        "process": process.label, "states": process.n_states, "vocab": V, "n_ctx": n_ctx, "horizon": horizon,
+        "ranks": ranks,
+        "eval_set": {"kind": data.kind, "n_sequences": int(len(data.tokens)), "positions": n_ctx,
+                     "weighting": "probability" if data.weighted else "uniform (sampled from the process)",
+                     "n_fit_sequences": int(len(data.fit_seq)), "n_eval_sequences": int(len(data.eval_seq)),
+                     "description": data.description,
+                     "split": f"fit {frac_fit:.0%} / evaluate {1 - frac_fit:.0%} of the sequences (split by "
+                              f"sequence, seed {seed})"},
+        "loss": loss,
+        "belief_set": {"kind": bdata.kind, "same_sequences_as_eval_set": bdata.tokens is data.tokens,
+                       "n_sequences": int(len(bdata.tokens)),
+                       "description": bdata.description},
+        "belief_protocol": _belief_protocol(bdata, frac_fit, ridge, data, n_control),
+        "belief_recovery": rows,
+        "distances": dist,
+        "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
+        "kstep_protocol": _kstep_protocol(data, kfit, khook, tree is not None),
+        "kstep": kst,
+        "picture": picture,
+        "summary": summary,
+        "seconds": time.perf_counter() - t_start, "timings": timings,
+    })
+
+
+def _json_safe(obj):
+    """NaN and infinity (an undefined fraction of gain) become None, so the dict is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _subset(data, n_max, seed):
+    """The same set restricted to a random n_max of its sequences, keeping each on its side of the split."""
+    N = len(data.tokens)
+    if N <= n_max:
+        return data
+    keep = np.sort(np.random.default_rng((seed, 17)).choice(N, n_max, replace=False))
+    new_index = np.full(N, -1)
+    new_index[keep] = np.arange(n_max)
+    fit, ev = new_index[data.fit_seq], new_index[data.eval_seq]
+    return _copy(data, tokens=data.tokens[keep], weights=data.weights[keep], beliefs=data.beliefs[keep],
+                 probs=None if data.probs is None else data.probs[keep], acts=None,
+                 fit_seq=fit[fit >= 0], eval_seq=ev[ev >= 0])
+
+
+def _copy(data, **changes):
+    d = EvalData.__new__(EvalData)
+    d.__dict__.update(data.__dict__)
+    d._fit = d._eval = None                                            # merged rows depend on the weights
+    d.__dict__.update(changes)
+    return d
+
+
+def _belief_protocol(bdata, frac_fit, ridge, data, n_control):
+    T = bdata.tokens.shape[1]
+    w = "probability-weighted" if bdata.weighted else "unweighted"
+    r = (f"ridge 0 (plain least squares) when the fit part has >= {ROWS_PER_FEATURE} rows per dimension, "
+         f"else chosen by 5-fold CV over the fit part's distinct prefixes" if ridge == "auto" else f"ridge {ridge:g}")
+    text = (f"affine probes to the exact belief, fitted on {len(bdata.fit_seq):,} sequences x {T} positions "
+            f"({frac_fit:.0%}), scored on the other {len(bdata.eval_seq):,} (split by sequence); {w}; {r}")
+    if bdata.tokens is not data.tokens:
+        text += "; on a large sampled set (see belief_set)"
+    if n_control:
+        text += "; random-init control: the same architecture with fresh weights (another seed)"
+        if n_control < len(bdata.tokens):
+            text += f", on {n_control:,} of the sequences (same split)"
+    return text
+
+
+def _kstep_protocol(data, fit_data, hook, exact_tree):
+    roll = ("the model's k-step marginal is its next-token output chained exactly (sum over all intermediate "
+            "tokens, from one pass over every sequence)" if exact_tree else
+            f"the model's k-step marginal is its next-token output chained over every intermediate sequence "
+            f"when V^(k-1) <= {ROLLOUT_MAX_EXACT}, else averaged over {ROLLOUT_SAMPLES} sampled continuations")
+    fit_on = "" if fit_data.tokens is data.tokens else " (on the belief-probe set: the evaluation set is too small)"
+    return (f"held-out positions p whose token p+k lies in the context; predictors scored by expected accuracy "
+            f"E[P*(predicted symbol)] under the exact k-step distribution; {roll}; logistic probe from "
+            f"{hook_label(hook)} ({hook}) fitted on every row of the fit sequences{fit_on} "
+            f"({'probability-weighted' if fit_data.weighted else 'unweighted'}; l2 {KSTEP_L2:g}), labels = the actual "
+            f"token p+k; "
+            f"belief route = the belief probe of the same hook times the exact k-step map")
