@@ -3,11 +3,13 @@
 Layout of the archive (every entry a plain NumPy array, so `np.load(path, allow_pickle=False)` reads it):
 
     <tensor name>        every parameter under its ecosystem name: `blocks.0.attn.W_Q` (TransformerLens),
-                         `weight_hh_l0` (PyTorch); a state dict that loads there by name
+                         `weight_hh_l0` (PyTorch); a state dict that loads there by name. A multi-token
+                         model (config n_future = N > 1) also holds its extra heads `mtp.{i}.*`, i = 2..N
     __config__           JSON string: {"kind": "transformer" | "rnn" | "gru" | "lstm", <config fields>}
     __process__          JSON string: the process (Process.to_spec(): name, symbols, T)
     __meta__             JSON string: dtype, tinyseq version, and whatever the trainer records
-                         (train config, step, tokens, seconds, RNG state, last evaluation, finished)
+                         (train config, step, tokens, seconds, RNG state, last evaluation, finished,
+                         and "objective": {"objective": "ntp" | "mtp:N", "heads", "weights", "myopia"})
     __adam_m__/__adam_v__  optional: AdamW first and second moments, flat like params.data, for --resume
 
 Writes are atomic: a temporary file in the same directory, fsync, then os.replace, so a crash or Ctrl-C

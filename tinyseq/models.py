@@ -25,6 +25,9 @@ KINDS = ("transformer",) + RECURRENT_KINDS           # what --model accepts
 DTYPES = ("float32", "float64")
 # fields that are not user options: the vocabulary comes from the process, the cell from the kind
 FIXED_FIELDS = ("d_vocab", "kind")
+# fields that are options but get no flag of their own: n_future (the number of output heads) is set by the
+# training objective, `--objective mtp:N` (tinyseq/objectives.py), so the two cannot disagree
+DERIVED_FIELDS = ("n_future",)
 
 
 def config_class(kind: str):
@@ -67,7 +70,7 @@ def model_options() -> list[dict]:
     for kind, cls in (("transformer", TransformerConfig), ("recurrent", RecurrentConfig)):
         comments = field_comments(cls)
         for f in dataclasses.fields(cls):
-            if f.name in FIXED_FIELDS:
+            if f.name in FIXED_FIELDS + DERIVED_FIELDS:
                 continue
             default = f.default
             typ = float if isinstance(default, float) else int if isinstance(default, int) else str

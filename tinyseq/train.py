@@ -6,6 +6,10 @@ evaluation that puts the loss of every context position next to its Bayes floor 
     loss    = mean CE(logits, tokens[:, 1:])                 position t predicts x_{t+1}: floor h(t+1)
     grad    -> clip by global norm -> AdamW(lr(step))        one loop each over the flat buffers
 
+Objectives (tinyseq/objectives.py): --objective mtp:N samples n_ctx + N tokens and adds heads 2..N predicting
+x_{t+2}..x_{t+N} to the loss (weighted by --mtp-weights); --myopia M changes only the backward. The evaluation
+below is always head 1 against the next-token floor, so runs with different objectives compare directly.
+
 The best possible mean loss is mean h(2..n_ctx+1) (0.80251 nats for mess3 with n_ctx 10), so "gap to the
 floor" is an absolute measure of how much of the learnable structure the model has not learned yet.
 
@@ -69,6 +73,9 @@ class TrainConfig:
     dtype: str = "float32"           # "float32" (fast) or "float64" (for checks)
     threads: int | None = None       # Numba / BLAS threads (None: leave as configured)
     backend: str = "numba"           # "numba" kernels or the "numpy" reference (where the model has both)
+    objective: str = "ntp"           # "ntp": next token; "mtp:N": N heads, head i predicts x_{t+i} (objectives.py)
+    mtp_weights: str | None = None   # loss weights of the N heads, "w1,w2,..."; None: all 1 (the plain sum)
+    myopia: int | None = None        # M: the loss at t sends no gradient to positions < t-M (rnn: BPTT window M+1)
 
 
     def validate(self) -> "TrainConfig":
@@ -114,6 +121,9 @@ class TrainConfig:
             raise TinyseqError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if self.backend not in ("numba", "numpy"):
             raise TinyseqError(f"backend must be numba or numpy, got {self.backend!r}")
+        from tinyseq.objectives import objective_from
+
+        objective_from(self)                         # objective, mtp_weights, myopia: one-line errors
         return self
 
     def total_steps(self, n_ctx: int) -> int | None:
@@ -308,9 +318,10 @@ def apply_threads(n: int | None) -> None:
 def save_run(path, model, process, config: TrainConfig, state: TrainState) -> str:
     from tinyseq import __version__
     from tinyseq.checkpoint import save
+    from tinyseq.objectives import objective_from
 
     meta = {"tinyseq_version": __version__, "process": process.label, "train": config.to_dict(),
-            "state": state.to_meta(), "eval": state.last_eval}
+            "objective": objective_from(config).to_dict(), "state": state.to_meta(), "eval": state.last_eval}
     return save(path, model, process_spec=process.to_spec(), meta=meta, adam_m=state.adam_m, adam_v=state.adam_v)
 
 
@@ -376,9 +387,12 @@ def train(process, model, config: TrainConfig, out: str | None = None, callback=
     """
     from tinyseq.models import model_kind
     from tinyseq.nn import ops as numpy_ops
+    from tinyseq.objectives import check_model, objective_backward, objective_forward, objective_from
     from tinyseq.processes import sample
 
     config.validate()
+    objective = objective_from(config)
+    check_model(objective, model)
     if config.lr is None:                            # the measured best rate for this kind of model
         config = dataclasses.replace(config, lr=DEFAULT_LR[model_kind(model)])
     emit = callback or (lambda event: None)
@@ -414,7 +428,7 @@ def train(process, model, config: TrainConfig, out: str | None = None, callback=
     ev = make_eval_set(process, n_ctx, config.eval_sequences, config.eval_seed)
     emit({"event": "start", "step": state.step, "steps": total, "time": config.time, "params": P.size,
           "tokens_per_step": per_step, "floor_nats": float(ev.floors.mean()), "kind": model_kind(model),
-          "checkpoint": ckpt_path})
+          "checkpoint": ckpt_path, "objective": objective.to_dict()})
     # the checkpoint a resumed run started from is good; a fresh run has none of its own yet
     last_ckpt_step = state.step if (ckpt_path and state.step > 0 and os.path.exists(ckpt_path)) else None
 
@@ -454,14 +468,13 @@ def train(process, model, config: TrainConfig, out: str | None = None, callback=
                 progress = state.step / total if total is not None else elapsed / config.time
                 lr = lr_at(config, state.step, progress)
                 t0 = time.perf_counter()
-                tokens = sample(process, config.batch, n_ctx + 1, rng)              # (B, n_ctx + 1)
-                logits, cache = model.forward(tokens[:, :-1])                        # (B, n_ctx, V)
-                targets = np.ascontiguousarray(tokens[:, 1:])                        # (B, n_ctx)
-                loss, probs = ops.cross_entropy_forward(logits, targets)
+                # N = objective.heads targets per position: x_{t+1}..x_{t+N} (ntp: N = 1)
+                tokens = sample(process, config.batch, n_ctx + objective.heads, rng)  # (B, n_ctx + N)
+                loss, head_losses, saved = objective_forward(model, tokens, objective, ops)
                 if not math.isfinite(loss):
                     diverged("the training loss", loss, lr)
                 P.zero_grad()
-                model.backward(ops.cross_entropy_backward(probs, targets), cache)
+                objective_backward(model, saved, objective, ops)      # with the objective's myopia, if any
                 grad_norm = clip_grad_norm(P.grad, config.clip)
                 if not math.isfinite(grad_norm):
                     diverged("the gradient norm", grad_norm, lr)
@@ -477,7 +490,8 @@ def train(process, model, config: TrainConfig, out: str | None = None, callback=
                 state.seconds = time.perf_counter() - t_start
                 emit({"event": "step", "step": state.step, "steps": total, "time": config.time,
                       "tokens": state.tokens, "seconds": state.seconds, "tokens_per_s": per_step / dt,
-                      "loss": float(loss), "lr": lr, "grad_norm": grad_norm,
+                      "loss": head_losses[0], "objective_loss": float(loss), "head_losses": head_losses,
+                      "lr": lr, "grad_norm": grad_norm,
                       "progress": state.step / total if total else min(1.0, state.seconds / config.time)})
                 if config.eval_every and state.step % config.eval_every == 0:
                     run_eval()
@@ -505,6 +519,7 @@ def train(process, model, config: TrainConfig, out: str | None = None, callback=
 
 def make_summary(process, model, config, state, status, ckpt_path) -> dict:
     from tinyseq.models import config_to_dict
+    from tinyseq.objectives import objective_from
 
     ev = state.last_eval or {}
     return {"status": status, "process": process.label, "model": config_to_dict(model.config),
@@ -514,7 +529,8 @@ def make_summary(process, model, config, state, status, ckpt_path) -> dict:
             "eval_step": ev.get("step"), "steps": state.step, "tokens": state.tokens,
             "seconds": state.seconds,
             "tokens_per_s": state.tokens / state.step_seconds if state.step_seconds > 0 else None,
-            "checkpoint": ckpt_path, "train": config.to_dict()}
+            "checkpoint": ckpt_path, "train": config.to_dict(),
+            "objective": objective_from(config).to_dict()}
 
 
 def write_summary(path, summary) -> None:

@@ -209,7 +209,9 @@ def _attention_forward(out, att, q, k, v, scale):  # (B, NH, T, HS) <-, (B, NH, 
 
 
 @njit(cache=True, fastmath=FAST)
-def _attention_backward(dq, dk, dv, dout, q, k, v, att, scale):  # (B, NH, T, HS) <- x3 (dk, dv zeroed), dout, q, k, v, (B, NH, T, T)
+def _attention_backward(dq, dk, dv, dk_far, dv_far, dout, q, k, v, att, scale, window):
+    # (B, NH, T, HS) <- dq; +=: dk, dv (zeroed), dk_far, dv_far (zeroed, or dk, dv themselves: no cut);
+    # dout, q, k, v (B, NH, T, HS), att (B, NH, T, T), window: pairs with t - s > window go to the *_far buffers
     B, NH, T, HS = q.shape
     datt = np.empty(T, dtype=att.dtype)
     for b in range(B):
@@ -218,10 +220,11 @@ def _attention_backward(dq, dk, dv, dout, q, k, v, att, scale):  # (B, NH, T, HS
                 # forward was: out[t] = sum_s att[t, s] v[s]  ->  datt[t, s] = dout[t] . v[s] ; dv[s] += att[t, s] dout[t]
                 inner = scale - scale                 # sum_s datt[t, s] att[t, s]
                 for s in range(t + 1):
+                    dvs = dv if t - s <= window else dv_far     # myopia: far keys' gradient stops at the weights
                     d = inner - inner
                     for h in range(HS):
                         d += dout[b, n, t, h] * v[b, n, s, h]
-                        dv[b, n, s, h] += att[b, n, t, s] * dout[b, n, t, h]
+                        dvs[b, n, s, h] += att[b, n, t, s] * dout[b, n, t, h]
                     datt[s] = d
                     inner += d * att[b, n, t, s]
                 # forward was: att = softmax(scores) -> dscores = att * (datt - inner)
@@ -229,10 +232,11 @@ def _attention_backward(dq, dk, dv, dout, q, k, v, att, scale):  # (B, NH, T, HS
                 for h in range(HS):
                     dq[b, n, t, h] = inner - inner
                 for s in range(t + 1):
+                    dks = dk if t - s <= window else dk_far
                     ds = att[b, n, t, s] * (datt[s] - inner) * scale
                     for h in range(HS):
                         dq[b, n, t, h] += ds * k[b, n, s, h]
-                        dk[b, n, s, h] += ds * q[b, n, t, h]
+                        dks[b, n, s, h] += ds * q[b, n, t, h]
 
 
 def _heads_buffer(q):  # (B, NH, T, HS) -> an empty (B, NH, T, HS) view of a (B, T, NH, HS) array
@@ -249,15 +253,28 @@ def attention_forward(q, k, v):  # (B, NH, T, HS) x3 -> out (B, NH, T, HS), att 
     return out, att
 
 
-def attention_backward(dout, q, k, v, att):  # (B, NH, T, HS), q, k, v, (B, NH, T, T) -> dq, dk, dv (B, NH, T, HS)
-    HS = q.shape[-1]
+def attention_backward(dout, q, k, v, att, window=None):
+    # (B, NH, T, HS), q, k, v, (B, NH, T, T), int or None -> dq, dk, dv (B, NH, T, HS) [, dk_far, dv_far]
+    """As ops.attention_backward: window=None returns dq, dk, dv; window=M returns dq, dk, dv, dk_far, dv_far
+    with the gradient of key/value pairs t - s > M in the *_far arrays (for the weights only)."""
+    B, NH, T, HS = q.shape
     dq = _heads_buffer(q)
     dk = _heads_buffer(q)
     dv = _heads_buffer(q)
     dk[...] = 0
     dv[...] = 0
-    _attention_backward(dq, dk, dv, dout, q, k, v, att, q.dtype.type(1.0 / math.sqrt(HS)))
-    return dq, dk, dv
+    scale = q.dtype.type(1.0 / math.sqrt(HS))
+    if window is None:
+        # no cut: every pair is in the window (T), and "far" would be dk, dv themselves; one compiled kernel
+        # for both cases, so window >= T - 1 gives bit-for-bit the ordinary gradient
+        _attention_backward(dq, dk, dv, dk, dv, dout, q, k, v, att, scale, T)
+        return dq, dk, dv
+    dk_far = _heads_buffer(q)
+    dv_far = _heads_buffer(q)
+    dk_far[...] = 0
+    dv_far[...] = 0
+    _attention_backward(dq, dk, dv, dk_far, dv_far, dout, q, k, v, att, scale, int(window))
+    return dq, dk, dv, dk_far, dv_far
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -165,19 +165,38 @@ def attention_forward(q, k, v):  # (B, NH, T, HS) x3 -> out (B, NH, T, HS), att 
     return out, att
 
 
-def attention_backward(dout, q, k, v, att):  # (B, NH, T, HS), q, k, v, (B, NH, T, T) -> dq, dk, dv (B, NH, T, HS)
+def attention_backward(dout, q, k, v, att, window=None):
+    # (B, NH, T, HS), q, k, v, (B, NH, T, T), int or None -> dq, dk, dv (B, NH, T, HS) [, dk_far, dv_far]
+    """window=None: the ordinary backward, returns dq, dk, dv.
+
+    window=M (myopic training, Wu et al. 2024): the gradient that query t sends to the key and value of an
+    earlier position s is split by distance. In-window (t - s <= M) it is returned in dk, dv as usual and
+    flows on to position s's input; out-of-window (t - s > M) it is returned separately in dk_far, dv_far,
+    which the caller sends to the projection weights only (k and v at s are computed from a stop-gradient
+    copy of s's input, as far as query t is concerned). Returns dq, dk, dv, dk_far, dv_far; with M >= T - 1
+    nothing is out of window and dk_far = dv_far = 0."""
     # forward was: out = att @ v  ->  datt = dout @ v^T ; dv = att^T @ dout
-    HS = q.shape[-1]
+    T, HS = q.shape[-2:]
     scale = 1.0 / math.sqrt(HS)
     datt = dout @ v.swapaxes(-1, -2)
-    dv = att.swapaxes(-1, -2) @ dout
     # forward was: att = softmax(scores) per row  ->  dscores = att * (datt - sum_s(datt * att))
     # (masked entries have att = 0, so they get no gradient: the mask needs no backward of its own)
     dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
     # forward was: scores = q @ k^T * scale  ->  dq = dscores @ k * scale ; dk = dscores^T @ q * scale
     dq = (dscores @ k) * scale
-    dk = (dscores.swapaxes(-1, -2) @ q) * scale
-    return dq, dk, dv
+    if window is None:
+        dv = att.swapaxes(-1, -2) @ dout
+        dk = (dscores.swapaxes(-1, -2) @ q) * scale
+        return dq, dk, dv
+    # split every (query t, key s) pair by distance: near[t, s] = t - s <= window (the future has att = 0)
+    t_minus_s = np.arange(T)[:, None] - np.arange(T)[None, :]
+    near = (t_minus_s <= window).astype(att.dtype)                  # (T, T)
+    far = 1 - near
+    dv = (att * near).swapaxes(-1, -2) @ dout                        # reaches position s's input
+    dv_far = (att * far).swapaxes(-1, -2) @ dout                     # reaches W_V, b_V only
+    dk = ((dscores * near).swapaxes(-1, -2) @ q) * scale
+    dk_far = ((dscores * far).swapaxes(-1, -2) @ q) * scale
+    return dq, dk, dv, dk_far, dv_far
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
         x = x + attn(ln1(x))                          hook: blocks.{l}.hook_resid_mid
         x = x + mlp(ln2(x))                           hook: blocks.{l}.hook_resid_post
     logits = ln_final(x) @ W_U + b_U                  hook: ln_final.hook_normalized
+    mtp logits_i = ln_final(x) @ mtp.{i}.W_U + mtp.{i}.b_U   i = 2..n_future: extra heads predicting x_{t+i}
 
 Parameter and hook names and shapes are those of a TransformerLens HookedTransformer, so a trained state dict
 loads there by name (with act_fn "gelu_new" if ours used "gelu", see TransformerConfig.act_fn).
@@ -16,6 +17,14 @@ Two layout choices make each block a few large matrix products instead of many s
   - q, k and v of all heads come from one matmul, h @ W_qkv with W_qkv (C, 3*NH*HS) gathered from the
     TransformerLens tensors W_Q, W_K, W_V (NH, C, HS) once per forward; its gradient is scattered back.
   - the heads' outputs z are merged to (B, T, NH*HS) and projected by W_O viewed as (NH*HS, C): one matmul.
+
+Two training variants change only what backward computes (tinyseq/objectives.py assembles the losses):
+  - multi-token prediction: with n_future = N > 1 the model has N - 1 extra unembeddings `mtp.{i}.W_U` (C, V),
+    `mtp.{i}.b_U` (V,), i = 2..N, reading the same final residual stream (after ln_final) as W_U; head i
+    predicts x_{t+i}. They are not TransformerLens tensors (a TransformerLens load ignores / rejects them);
+    `forward` and `logits` return head 1 only, `mtp_logits(cache)` the others, and backward takes their
+    gradients as `dmtp`.
+  - myopia (backward(..., myopia=M)): see `_block_backward`.
 """
 from __future__ import annotations
 
@@ -51,6 +60,7 @@ class TransformerConfig:
     normalization_type: str | None = "LN"   # "LN": LayerNorm before attn, mlp and unembed; None: no LayerNorm
     initializer_range: float = 0.02  # std of the normal init of every weight matrix (GPT-2's 0.02);
     #                                  biases start at 0, LayerNorm gains at 1.
+    n_future: int = 1                # output heads: head i predicts x_{t+i}; > 1 adds mtp.{i}.W_U (--objective mtp:N)
 
     def __post_init__(self):
         # from a command line the "no LayerNorm" choice arrives as a string
@@ -64,6 +74,10 @@ class TransformerConfig:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise TinyseqError(f"transformer {name} must be a positive integer, got {value!r}: "
                                    f"pass e.g. --{name.replace('_', '-')} {getattr(TransformerConfig, name)}")
+        n = self.n_future
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise TinyseqError(f"transformer n_future (output heads) must be a positive integer, got {n!r}: "
+                               f"it is N of --objective mtp:N (1 for ntp)")
         if self.n_ctx < 2:
             raise TinyseqError(f"transformer n_ctx must be at least 2 (one token predicts the next), "
                                f"got {self.n_ctx}: pass a longer context, e.g. --n-ctx 10")
@@ -115,6 +129,8 @@ def param_spec(cfg: TransformerConfig) -> list[tuple[str, tuple[int, ...]]]:
     if ln:
         spec += [("ln_final.w", (C,)), ("ln_final.b", (C,))]
     spec += [("unembed.W_U", (C, V)), ("unembed.b_U", (V,))]
+    for i in range(2, cfg.n_future + 1):        # multi-token heads last: the trunk's init does not change
+        spec += [(f"mtp.{i}.W_U", (C, V)), (f"mtp.{i}.b_U", (V,))]
     return spec
 
 
@@ -208,15 +224,29 @@ class Transformer:
         logits = ops.linear_forward(xf, P["unembed.W_U"], P["unembed.b_U"])           # (B, T, V)
         return logits, cache
 
-    def backward(self, dlogits, cache):  # (B, T, V), cache -> dx0 (B, T, C); accumulates into params.grad
+    def mtp_logits(self, cache):  # cache of forward -> [(B, T, V)] of heads i = 2..n_future
+        """The multi-token heads: logits_i = ln_final(x) @ mtp.{i}.W_U + mtp.{i}.b_U predicts x_{t+i}."""
+        xf = cache["ln_final.hook_normalized"]                                        # (B, T, C)
+        return [self.ops.linear_forward(xf, self.params[f"mtp.{i}.W_U"], self.params[f"mtp.{i}.b_U"])
+                for i in range(2, self.config.n_future + 1)]
+
+    def backward(self, dlogits, cache, myopia=None, dmtp=None):
+        # (B, T, V), cache, int or None, [(B, T, V) or None] -> dx0 (B, T, C); accumulates into params.grad
+        """dlogits: gradient of head 1 (forward's logits). dmtp: gradients of mtp_logits' heads 2..n_future
+        (None, or None for a head: no gradient). myopia=M: myopic training (see _block_backward); None: ordinary."""
         ops, P, G = self.ops, self.params, self.params.grads
         dlogits = np.asarray(dlogits, dtype=P.dtype)
-        dxf = ops.linear_backward(G["unembed.W_U"], G["unembed.b_U"], dlogits,
-                                  cache["ln_final.hook_normalized"], P["unembed.W_U"])
+        xf = cache["ln_final.hook_normalized"]
+        dxf = ops.linear_backward(G["unembed.W_U"], G["unembed.b_U"], dlogits, xf, P["unembed.W_U"])
+        # forward was: logits_i = xf @ mtp.{i}.W_U + mtp.{i}.b_U  ->  every head adds its share to dxf
+        for i, d in enumerate(dmtp or [], start=2):
+            if d is not None:
+                dxf += ops.linear_backward(G[f"mtp.{i}.W_U"], G[f"mtp.{i}.b_U"], np.asarray(d, dtype=P.dtype),
+                                           xf, P[f"mtp.{i}.W_U"])
         x_last = cache[f"blocks.{self.config.n_layers - 1}.hook_resid_post"]
         dx = self._norm_backward("ln_final", dxf, x_last, cache)
         for l in reversed(range(self.config.n_layers)):
-            dx = self._block_backward(l, dx, cache)
+            dx = self._block_backward(l, dx, cache, myopia)
         if not cache["x0_given"]:
             ops.encoder_backward(G["embed.W_E"], G["pos_embed.W_pos"], dx, cache["tokens"])
         return dx
@@ -250,7 +280,14 @@ class Transformer:
         cache[f"{p}.hook_resid_post"] = x
         return x
 
-    def _block_backward(self, l, dx, cache):  # (B, T, C) -> (B, T, C)
+    def _block_backward(self, l, dx, cache, myopia=None):  # (B, T, C), cache, int or None -> (B, T, C)
+        """myopia=M (Wu, Morris, Levine 2024, "Do Language Models Plan for Future Tokens?"): the forward is
+        unchanged, but the key and value that query t reads from a position s with t - s > M count as computed
+        from a stop-gradient copy of s's ln1 output. So W_K, W_V, b_K, b_V get their full gradient, and the
+        residual stream at s gets only the part from queries t <= s + M: dW += h^T (dk_near + dk_far),
+        dh = dk_near W^T. M = 0 is the fully myopic model: no gradient crosses positions at all.
+        The cut is per layer, so across layers the reach compounds through intermediate positions: the loss at
+        t can reach t - M in layer L-1, which reaches t - 2M in layer L-2, ... up to t - n_layers*M."""
         ops, P, G, p = self.ops, self.params, self.params.grads, f"blocks.{l}"
         _, act_backward = self._act()
         # MLP, forward was: x = x + mlp_out  ->  the residual passes dx through unchanged, plus the MLP path
@@ -264,13 +301,24 @@ class Transformer:
         dzm = ops.linear_backward(self._W_O(l, G), G[f"{p}.attn.b_O"], dx,
                                   cache[f"{p}.attn.z_merged"], self._W_O(l))                     # (B, T, NH*HS)
         dz = split_heads(dzm, self.config.n_heads)                                              # (B, NH, T, HS)
-        dq, dk, dv = ops.attention_backward(dz, cache[f"{p}.attn.hook_q"], cache[f"{p}.attn.hook_k"],
-                                            cache[f"{p}.attn.hook_v"], cache[f"{p}.attn.hook_pattern"])
+        qkv_pattern = (cache[f"{p}.attn.hook_q"], cache[f"{p}.attn.hook_k"], cache[f"{p}.attn.hook_v"],
+                       cache[f"{p}.attn.hook_pattern"])
+        if myopia is None:
+            dq, dk, dv = ops.attention_backward(dz, *qkv_pattern)                               # (B, NH, T, HS) x3
+        else:   # dk, dv: pairs t - s <= M (reach h at s); dk_far, dv_far: pairs t - s > M (weights only)
+            dq, dk, dv, dk_far, dv_far = ops.attention_backward(dz, *qkv_pattern, window=myopia)
         W_qkv = cache[f"{p}.attn.W_qkv"]
+        h = cache[f"{p}.ln1.hook_normalized"]                                                    # (B, T, C)
         dW_qkv = np.zeros_like(W_qkv)                                                          # (C, 3*NH*HS)
         _, db_qkv = self._qkv_views(l, self.params.grad)          # b_Q | b_K | b_V are adjacent in grad: accumulate in place
-        dh = ops.linear_backward(dW_qkv, db_qkv.reshape(-1), join_qkv(dq, dk, dv),
-                                 cache[f"{p}.ln1.hook_normalized"], W_qkv)                     # (B, T, C)
+        db_qkv = db_qkv.reshape(-1)                                                             # (3*NH*HS,)
+        dh = ops.linear_backward(dW_qkv, db_qkv, join_qkv(dq, dk, dv), h, W_qkv)                # (B, T, C)
+        if myopia is not None:
+            # forward was: k, v = h @ W_K + b_K, h @ W_V + b_V with h a stop-gradient copy for far queries
+            #   ->  dW_K += h^T dk_far ; db_K += sum(dk_far) (same for V) ; nothing flows into h
+            dfar = join_qkv(np.zeros_like(dq), dk_far, dv_far).reshape(-1, W_qkv.shape[1])     # (N, 3*NH*HS)
+            dW_qkv += h.reshape(-1, h.shape[-1]).T @ dfar
+            db_qkv += dfar.sum(axis=0)
         self._qkv_scatter(l, dW_qkv)
         dx = dx + self._norm_backward(f"{p}.ln1", dh, cache[f"{p}.hook_resid_pre"], cache)       # (B, T, C)
         return dx
