@@ -105,49 +105,31 @@ def available_models() -> dict[str, tuple[str, object]]:
 # one tinyseq training step
 
 
-class Adam:
-    """Plain Adam on the flat buffer (what the PyTorch side runs); the training loop has the real AdamW."""
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
-        ty = params.dtype.type
-        self.p, self.lr, self.b1, self.b2, self.eps = params, lr, ty(betas[0]), ty(betas[1]), ty(eps)
-        self.m = np.zeros_like(params.data)
-        self.v = np.zeros_like(params.data)
-        self.tmp = np.zeros_like(params.data)
-        self.t = 0
-
-    def step(self):
-        self.t += 1
-        g, m, v, tmp, ty = self.p.grad, self.m, self.v, self.tmp, self.p.dtype.type
-        m *= self.b1
-        m += (1 - self.b1) * g
-        np.multiply(g, g, out=tmp)
-        v *= self.b2
-        v += (1 - self.b2) * tmp
-        step = ty(self.lr / (1 - float(self.b1) ** self.t))
-        np.sqrt(v, out=tmp)
-        tmp *= ty(1.0 / np.sqrt(1 - float(self.b2) ** self.t))
-        tmp += self.eps
-        np.divide(m, tmp, out=tmp)
-        tmp *= step
-        self.p.data -= tmp
-
-
 class TinyseqRunner:
+    """One training step exactly as tinyseq.train runs it (objective forward/backward, the training loop's
+    AdamW on the flat buffer, lr 1e-3, no weight decay, no clipping: what the PyTorch side's Adam does)."""
+
     def __init__(self, kind: Kind, cfg, backend: str, batch: int, seed: int = 0):
+        from tinyseq.objectives import Objective
+        from tinyseq.train import adamw_step, adamw_step_numba
+
         self.model = kind.build(cfg, backend)
-        self.opt = Adam(self.model.params)
+        self.update = adamw_step_numba if backend == "numba" else adamw_step
+        self.objective = Objective()
+        P = self.model.params
+        self.m, self.v, self.t = np.zeros_like(P.data), np.zeros_like(P.data), 0
         rng = np.random.default_rng(seed)
-        tokens = rng.integers(0, cfg.d_vocab, (batch, cfg.n_ctx + 1))
-        self.x, self.y = tokens[:, :-1], tokens[:, 1:]
+        self.tokens = rng.integers(0, cfg.d_vocab, (batch, cfg.n_ctx + 1))
 
     def step(self):
-        m, ops = self.model, self.model.ops
-        logits, cache = m.forward(self.x)
-        loss, probs = ops.cross_entropy_forward(logits, self.y)
-        m.params.zero_grad()
-        m.backward(ops.cross_entropy_backward(probs, self.y), cache)
-        self.opt.step()
+        from tinyseq.objectives import objective_backward, objective_forward
+
+        m, P = self.model, self.model.params
+        loss, _, saved = objective_forward(m, self.tokens, self.objective, m.ops)
+        P.zero_grad()
+        objective_backward(m, saved, self.objective, m.ops)
+        self.t += 1
+        self.update(P.data, P.grad, self.m, self.v, self.t, 1e-3, 0.9, 0.999, 1e-8, 0.0)
         return loss
 
     def run(self, steps: int) -> float:
