@@ -14,7 +14,8 @@ def test_bench_quick_json():
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
-    assert set(out) >= {"machine", "protocol", "rows", "compile_seconds"}
+    assert set(out) >= {"machine", "protocol", "rows", "compile_seconds", "sampling"}
+    assert out["sampling"]["numba_tokens_per_s"] > 0 and out["sampling"]["numpy_tokens_per_s"] > 0
     assert out["machine"]["gflops_f32"]["1"] > 0
     assert set(out["compile_seconds"]) == {"cold", "warm"}
     (row,) = out["rows"]

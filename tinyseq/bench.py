@@ -317,6 +317,25 @@ def compile_times() -> dict:
     return out
 
 
+def sampling_throughput(process="mess3", batch=4096, length=11, blocks=7, quick=False) -> dict:
+    """Tokens/s of process sampling on one thread, Numba kernel and NumPy reference, medians of `blocks`."""
+    from tinyseq.processes import parse_process, sample
+
+    proc = parse_process(process)
+    rng = np.random.default_rng(0)
+    blocks = 2 if quick else blocks
+    out = {"process": proc.label, "batch": batch, "length": length}
+    for backend in ("numba", "numpy"):
+        sample(proc, batch, length, rng, backend=backend)            # compile / warm up
+        times = []
+        for _ in range(blocks):
+            t0 = time.perf_counter()
+            sample(proc, batch, length, rng, backend=backend)
+            times.append(time.perf_counter() - t0)
+        out[f"{backend}_tokens_per_s"] = round(batch * length / float(np.median(times)))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the benchmark
 
@@ -366,6 +385,9 @@ def run(models=("mess3", "small"), batches=(64, 256), threads=(1, 2), backends=(
         for w in workers.values():
             w.close()
         set_threads(default_threads())
+    set_threads(1)
+    result["sampling"] = sampling_throughput(quick=quick)
+    set_threads(default_threads())
     if compile_probe and "numba" in backends:
         result["compile_seconds"] = compile_times()
     return result
@@ -423,6 +445,10 @@ def format_table(result: dict) -> str:
     m = result["machine"]
     lines.append("")
     lines.append("float32 matmul GFLOP/s: " + ", ".join(f"{k} thread(s) {v}" for k, v in m["gflops_f32"].items()))
+    if "sampling" in result:
+        sm = result["sampling"]
+        lines.append(f"Sampling {sm['process']} (batch {sm['batch']} x {sm['length']}, 1 thread): "
+                     f"Numba {sm['numba_tokens_per_s'] / 1e6:.1f}M tokens/s, NumPy {sm['numpy_tokens_per_s'] / 1e6:.1f}M")
     if "compile_seconds" in result:
         c = result["compile_seconds"]
         lines.append(f"Numba compile (import + first step of every kernel): cold {c['cold']:.1f} s, "
