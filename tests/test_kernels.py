@@ -153,6 +153,60 @@ def test_encoder_and_embedding(shape, dtype):
     close(dW, rdW, dtype)
 
 
+
+# ----------------------------------------------------------------------------------------------------------
+# the fused steps: kernels.py's one-pass versions against their references at the end of ops.py
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_linear_act(shape, act, dtype):
+    rng = np.random.default_rng(10)
+    B, T, C = shape
+    F = 2 * C + 1
+    x, W, b, dpost = (rng.standard_normal(s) for s in ((B, T, C), (C, F), (F,), (B, T, F)))
+    (pre, post), (rpre, rpost) = [m.linear_act_forward(*a, act) for m, a in
+                                  ((kernels, [v.astype(dtype) for v in (x, W, b)]), (ops, [x, W, b]))]
+    close(pre, rpre, dtype)
+    close(post, rpost, dtype)
+    dW, db = np.full((C, F), 0.5, dtype), np.full(F, 0.5, dtype)          # the backward accumulates
+    rdW, rdb = np.full((C, F), 0.5), np.full(F, 0.5)
+    d = dpost.astype(dtype)                                               # overwritten by the kernel
+    dx = kernels.linear_act_backward(dW, db, d, x.astype(dtype), W.astype(dtype), pre, act)
+    rdx = ops.linear_act_backward(rdW, rdb, dpost, x, W, rpre, act)
+    close(dx, rdx, dtype)
+    close(dW, rdW, dtype)
+    close(db, rdb, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_linear_residual(shape, dtype):
+    rng = np.random.default_rng(11)
+    B, T, C = shape
+    D = C + 3
+    x, W, b, resid = (rng.standard_normal(s) for s in ((B, T, C), (C, D), (D,), (B, T, D)))
+    out = kernels.linear_residual_forward(*(v.astype(dtype) for v in (x, W, b, resid)))
+    close(out, ops.linear_residual_forward(x, W, b, resid), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_layernorm_backward_add(shape, dtype):
+    rng = np.random.default_rng(12)
+    B, T, C = shape
+    x, w, dout, dresid = rng.standard_normal(shape) * 2 + 1, rng.standard_normal(C), \
+        rng.standard_normal(shape), rng.standard_normal(shape)
+    _, mean, rstd = ops.layernorm_forward(x, w, np.zeros(C))
+    dw, db, rdw, rdb = np.full(C, 0.5, dtype), np.full(C, 0.5, dtype), np.full(C, 0.5), np.full(C, 0.5)
+    got = dresid.astype(dtype)
+    kernels.layernorm_backward_add(got, dw, db, dout.astype(dtype), x.astype(dtype), w.astype(dtype),
+                                   mean.astype(dtype), rstd.astype(dtype))
+    want = dresid.copy()
+    ops.layernorm_backward_add(want, rdw, rdb, dout, x, w, mean, rstd)
+    close(got, want, dtype)
+    close(dw, rdw, dtype)
+    close(db, rdb, dtype)
+
 # ----------------------------------------------------------------------------------------------------------
 # the whole model, per backend
 def model_pair(cfg, dtype, seed=0):

@@ -7,18 +7,21 @@ are drop-in replacements for the NumPy loops in recurrent.py (tested against the
 tests/test_kernels_recurrent.py). Read recurrent.py first: the equations and the gradients are the same, only
 the order of the work changes, and that order is where the speed comes from.
 
-1. One kernel call runs a whole layer over all T steps (no Python per step). The batch rows are independent
+1. rnn, gru: one kernel call runs a whole layer over all T steps (no Python per step). The batch rows are independent
    through time (row b's state depends only on row b's inputs), so the kernel loops over blocks of R rows
    *outside* the time loop: `prange` over blocks writes disjoint rows, and there is one parallel region per
    layer rather than one per step.
-2. The per-step product h_prev @ W_hh.T (the only sequential work) is an explicit loop over a block of
-   R = 4 rows: for each gate unit j, four running dot products over k share one load of W_hh[j, k]
+2. The per-step product h_prev @ W_hh.T (the only sequential work). rnn and gru: an explicit loop over a block
+   of R = 4 rows: for each gate unit j, four running dot products over k share one load of W_hh[j, k]
    (`_rows_matmul_T`, the one kernel compiled with full fastmath: a dot product vectorises only if its sum
-   may be reassociated). Measured at H = 64: ~13 G multiply-adds/s, against ~35 for one BLAS call on the
-   same (64, 64) @ (64, 256) product from Python; a BLAS call per step would add Python overhead per step
-   and has not been tried yet (see BENCHMARKS.md, "Recurrent nets").
+   may be reassociated), ~13 G multiply-adds/s at H = 64. lstm, whose product is the largest (4H gates):
+   a Python loop over the T steps, one BLAS sgemm per step into a preallocated (B, 4H) buffer (~35 G
+   multiply-adds/s) and one Numba call for the cell (`lstm_step_*_kernel`, serial: BLAS has the threads).
+   Measured (CPU time per training step, LSTM H = 64, 1 thread, against the register-tiled kernels this
+   replaced): ~1.25x faster at batch 64 and ~1.2x at 256, so it is used at every batch size; two calls per
+   step from Python cost ~10 us, the product ~60-250 us. (rnn and gru may gain the same way; not measured.)
 3. The backward never scatters into dW_hh from inside the kernel (a `prange` scatter-add into shared rows
-   would lose updates). The kernel stores each step's pre-activation gradient dhp (B, T, G*H); afterwards
+   would lose updates). The kernels store each step's pre-activation gradient dhp (B, T, G*H); afterwards
    one BLAS matmul over all steps at once does what the reference does step by step:
        dW_hh += sum_t dhp_t.T @ h_prev_t   ==   dhp.reshape(B*T, G*H).T @ h_prev.reshape(B*T, H)
 4. Every elementwise loop runs j from 0 over a whole view (a[:H], a[H:2 * H], ...), and the kernels use
@@ -177,43 +180,6 @@ def gru_forward_kernel(h, gates, hn, xp, W_hh, b_hh, h0):
                 h[b, t] = hpr
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH, error_model="numpy")
-def lstm_forward_kernel(h, c, gates, xp, W_hh, b_hh, h0, c0):
-    # (B, T, H) out, (B, T, H) out, (B, T, 4H) out, (B, T, 4H), (4H, H), (4H,), (B, H), (B, H)
-    B, T, H = h.shape
-    for blk in prange((B + ROWS - 1) // ROWS):
-        b0 = blk * ROWS
-        nr = min(ROWS, B - b0)
-        acc = np.zeros((ROWS, 4 * H), h.dtype)     # a = xp + h_prev @ W_hh.T + b_hh, blocks i, f, g, o
-        hprev = np.zeros((ROWS, H), h.dtype)
-        cprev = np.zeros((ROWS, H), h.dtype)
-        tc = np.empty(H, h.dtype)
-        hprev[:nr] = h0[b0:b0 + nr]
-        cprev[:nr] = c0[b0:b0 + nr]
-        for t in range(T):
-            for r in range(ROWS):
-                acc[r] = b_hh
-            _rows_matmul_T(acc, hprev, W_hh)
-            for r in range(nr):
-                b = b0 + r
-                a, cpr, hpr, xpt = acc[r], cprev[r], hprev[r], xp[b, t]
-                i, f, g, o = a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:]
-                for j in range(4 * H):
-                    a[j] += xpt[j]
-                _sigmoid_(a[:2 * H])                # i, f
-                _tanh_(g)
-                _sigmoid_(o)
-                for j in range(H):                  # c = f c_prev + i g
-                    cpr[j] = f[j] * cpr[j] + i[j] * g[j]
-                tc[:] = cpr
-                _tanh_(tc)
-                for j in range(H):                  # h = o tanh(c)
-                    hpr[j] = o[j] * tc[j]
-                gates[b, t] = a
-                c[b, t] = cpr
-                h[b, t] = hpr
-
-
 # ----------------------------------------------------------------------------------------------------------
 # backward kernels: steps hi-1 down to lo; write dxp (and dhp for gru) for every row and step in the window.
 # dh (B, hi-lo, H) is the gradient from above; the gradient reaching the state before step lo is dropped.
@@ -278,42 +244,92 @@ def gru_backward_kernel(dxp, dhp, dh, h, h0, gates, hn, W_hhT, lo):
             _rows_matmul_T(dnext, d, W_hhT)            # h_prev's path through the gates and hn
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH, error_model="numpy")
-def lstm_backward_kernel(dxp, dh, h0, c, c0, gates, W_hhT, lo):
-    # (B, S, 4H) out, (B, S, H), (B, H), (B, T, H), (B, H), (B, T, 4H), (H, 4H), lo; S = hi-lo
+# ----------------------------------------------------------------------------------------------------------
+# LSTM, the other way round: the per-step product in BLAS, the cell in Numba. A Python loop over the T steps
+# makes one BLAS sgemm (B, H) @ (H, 4H) and one cell-kernel call per step (see point 2 of the module notes).
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def lstm_step_forward_kernel(h, c, gates, a, xp, b_hh, c0, t):
+    # (B, T, H) out at t, (B, T, H) out at t, (B, T, 4H) out at t, a (B, 4H) = h_prev @ W_hh.T,
+    # xp (B, T, 4H), (4H,), (B, H): step t of the cell, the product already done.
+    # One loop per output segment: a loop that writes one array and reads a few vectorises (LLVM checks
+    # that they do not overlap); one loop writing all of i, f, g, o, c, h does not.
+    B, T, H = h.shape
+    for b in range(B):
+        ab, xpt, gt = a[b], xp[b, t], gates[b, t]
+        cp = c[b, t - 1] if t > 0 else c0[b]
+        ct, ht = c[b, t], h[b, t]
+        for j in range(2 * H):              # i, f = sigmoid(xp + h_prev @ W_hh.T + b_hh)
+            gt[j] = sigmoid(xpt[j] + ab[j] + b_hh[j])
+        g, xg, ag, bg = gt[2 * H:3 * H], xpt[2 * H:3 * H], ab[2 * H:3 * H], b_hh[2 * H:3 * H]
+        for j in range(H):                  # g = tanh(...)
+            g[j] = tanh(xg[j] + ag[j] + bg[j])
+        o, xo, ao, bo = gt[3 * H:], xpt[3 * H:], ab[3 * H:], b_hh[3 * H:]
+        for j in range(H):                  # o = sigmoid(...)
+            o[j] = sigmoid(xo[j] + ao[j] + bo[j])
+        i, f = gt[:H], gt[H:2 * H]
+        for j in range(H):                  # c = f c_prev + i g
+            ct[j] = f[j] * cp[j] + i[j] * g[j]
+        for j in range(H):                  # h = o tanh(c)
+            ht[j] = o[j] * tanh(ct[j])
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def lstm_step_backward_kernel(dxp, dcnext, dnext, dh, c, c0, gates, t, s):
+    # dxp (B, S, 4H) out at s; dcnext (B, H) dL/dc_t through step t+1, overwritten with dL/dc_{t-1};
+    # dnext (B, H) dL/dh_t through step t+1; dh (B, S, H), c (B, T, H), c0 (B, H), gates (B, T, 4H); t = lo + s.
+    # As the forward: one loop per output, so that each vectorises.
     B, S, H = dh.shape
     one = np.float32(1.0)
-    for blk in prange((B + ROWS - 1) // ROWS):
-        b0 = blk * ROWS
-        nr = min(ROWS, B - b0)
-        dnext = np.zeros((ROWS, H), dh.dtype)
-        dcnext = np.zeros((ROWS, H), dh.dtype)     # dL/dc_t through step t+1
-        d = np.zeros((ROWS, 4 * H), dh.dtype)      # da of the block's rows at this step
-        tc = np.empty(H, dh.dtype)
-        for s in range(S - 1, -1, -1):
-            t = lo + s
-            for r in range(nr):
-                b = b0 + r
-                cp = c[b, t - 1] if t > 0 else c0[b]
-                g, dht, dnr, dcr = gates[b, t], dh[b, s], dnext[r], dcnext[r]
-                i, f, gg, o = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:]
-                di, df, dg, do = d[r, :H], d[r, H:2 * H], d[r, 2 * H:3 * H], d[r, 3 * H:]
-                tc[:] = c[b, t]
-                _tanh_(tc)
-                for j in range(H):
-                    dhj = dht[j] + dnr[j]
-                    # forward was: h = o tanh(c)  ->  do = dh tanh(c) ; dc += dh o (1 - tanh(c)^2)
-                    dct = dcr[j] + dhj * o[j] * (one - tc[j] * tc[j])
-                    # forward was: c = f c_prev + i g  ->  df = dc c_prev ; dc_prev = dc f ; di = dc g ; dg = dc i
-                    dcr[j] = dct * f[j]
-                    # forward was: i, f, o = sigmoid(a_ifo) ; g = tanh(a_g)  ->  da = d gate * gate'
-                    di[j] = dct * gg[j] * i[j] * (one - i[j])
-                    df[j] = dct * cp[j] * f[j] * (one - f[j])
-                    dg[j] = dct * i[j] * (one - gg[j] * gg[j])
-                    do[j] = dhj * tc[j] * o[j] * (one - o[j])
-                    dnr[j] = 0
-                dxp[b, s] = d[r]
-            _rows_matmul_T(dnext, d, W_hhT)
+    dht = np.empty(H, dh.dtype)               # dL/dh_t, both paths
+    tc = np.empty(H, dh.dtype)                # tanh(c_t)
+    dc = np.empty(H, dh.dtype)                # dL/dc_t, both paths
+    for b in range(B):
+        cp = c[b, t - 1] if t > 0 else c0[b]
+        g, d, dhs, dnr, dcr, ct = gates[b, t], dxp[b, s], dh[b, s], dnext[b], dcnext[b], c[b, t]
+        i, f, gg, o = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:]
+        di, df, dg, do = d[:H], d[H:2 * H], d[2 * H:3 * H], d[3 * H:]
+        for j in range(H):
+            dht[j] = dhs[j] + dnr[j]
+        for j in range(H):
+            tc[j] = tanh(ct[j])
+        # forward was: h = o tanh(c)  ->  do = dh tanh(c) ; dc += dh o (1 - tanh(c)^2)
+        for j in range(H):
+            dc[j] = dcr[j] + dht[j] * o[j] * (one - tc[j] * tc[j])
+        # forward was: i, f, o = sigmoid(a_ifo) ; g = tanh(a_g)  ->  da = d gate * gate'
+        for j in range(H):
+            do[j] = dht[j] * tc[j] * o[j] * (one - o[j])
+        # forward was: c = f c_prev + i g  ->  df = dc c_prev ; dc_prev = dc f ; di = dc g ; dg = dc i
+        for j in range(H):
+            di[j] = dc[j] * gg[j] * i[j] * (one - i[j])
+        for j in range(H):
+            df[j] = dc[j] * cp[j] * f[j] * (one - f[j])
+        for j in range(H):
+            dg[j] = dc[j] * i[j] * (one - gg[j] * gg[j])
+        for j in range(H):
+            dcr[j] = dc[j] * f[j]
+
+
+def lstm_forward(h, c, gates, xp, W_hh, b_hh, h0, c0):
+    # (B, T, H) out, (B, T, H) out, (B, T, 4H) out, (B, T, 4H), (4H, H), (4H,), (B, H), (B, H)
+    # serial cell kernel: with n threads, BLAS has them for the product (threads.py)
+    B, T, H = h.shape
+    a = np.empty((B, 4 * H), h.dtype)                 # (B, 4H) the step's product, reused every step
+    W_hhT = W_hh.T                                    # a view: BLAS reads it transposed, no copy
+    for t in range(T):
+        np.matmul(h0 if t == 0 else h[:, t - 1], W_hhT, out=a)     # a = h_prev @ W_hh.T
+        lstm_step_forward_kernel(h, c, gates, a, xp, b_hh, c0, t)
+
+
+def lstm_backward(dxp, dh, h0, c, c0, gates, W_hh, lo):
+    # (B, S, 4H) out, (B, S, H), (B, H), (B, T, H), (B, H), (B, T, 4H), (4H, H), lo; S = hi-lo
+    B, S, H = dh.shape
+    dnext = np.zeros((B, H), dh.dtype)                # dL/dh_t through step t+1: zero beyond the last step
+    dcnext = np.zeros((B, H), dh.dtype)               # dL/dc_t through step t+1
+    for s in range(S - 1, -1, -1):
+        lstm_step_backward_kernel(dxp, dcnext, dnext, dh, c, c0, gates, lo + s, s)
+        if s > 0:                                     # before step lo the gradient is dropped: skip its product
+            # forward was: a = xp + h_prev @ W_hh.T + b_hh  ->  dh_prev = da @ W_hh
+            np.matmul(dxp[:, s], W_hh, out=dnext)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -335,7 +351,7 @@ def layer_forward(kind, xp, W_hh, b_hh, h0=None, c0=None):  # (B, T, G*H), (G*H,
         gru_forward_kernel(st["h"], st["gates"], st["hn"], xp, W_hh, b_hh, h0)
     else:
         st["gates"], st["c"] = np.empty(xp.shape, dt), np.empty((B, T, H), dt)
-        lstm_forward_kernel(st["h"], st["c"], st["gates"], xp, W_hh, b_hh, h0, c0)
+        lstm_forward(st["h"], st["c"], st["gates"], xp, W_hh, b_hh, h0, c0)
     return st
 
 
@@ -357,13 +373,14 @@ def layer_backward(kind, dW_hh, db_hh, dh, st, W_hh, lo=0, hi=None):
         dhp = np.empty_like(dxp)               # gru: the n block differs, dhn = dan * r
         gru_backward_kernel(dxp, dhp, dh, h, st["h0"], st["gates"], st["hn"], W_hhT, lo)
     else:
-        lstm_backward_kernel(dxp, dh, st["h0"], st["c"], st["c0"], st["gates"], W_hhT, lo)
+        lstm_backward(dxp, dh, st["h0"], st["c"], st["c0"], st["gates"], W_hh, lo)
     # forward was (every step): hp = h_prev @ W_hh.T + b_hh  ->  dW_hh += dhp.T @ h_prev ; db_hh += sum(dhp)
     # summed over the steps lo..hi-1 in one matmul; h_prev of step t is h[t-1] (h0 for t = 0)
     if lo == 0:
         h_prev = np.concatenate([st["h0"][:, None], h[:, :hi - 1]], axis=1)   # (B, hi, H)
     else:
         h_prev = h[:, lo - 1:hi - 1]                                          # (B, hi-lo, H)
-    dW_hh += dhp.reshape(-1, GH).T @ h_prev.reshape(-1, H)
-    db_hh += dhp.sum(axis=(0, 1))
+    dhp2 = dhp.reshape(-1, GH)                                                # (B*(hi-lo), G*H)
+    dW_hh += dhp2.T @ h_prev.reshape(-1, H)
+    db_hh += np.ones(dhp2.shape[0], dhp.dtype) @ dhp2      # column sums in BLAS, as kernels.linear_backward
     return dxp

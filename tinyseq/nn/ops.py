@@ -229,3 +229,30 @@ def gelu_backward(dout, x):  # (...), (...) -> dx (...)
     th = np.tanh(u)
     du = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x)
     return dout * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# fused steps (a transformer's self.fused): each is a few of the ops above; kernels.py has the same functions as
+# one matmul plus one Numba pass over memory (tests/test_kernels.py checks they agree)
+def linear_act_forward(x, W, b, act):  # (..., C), (C, F), (F,), "relu" | "gelu" -> pre, post (..., F)
+    pre = linear_forward(x, W, b)
+    post = relu_forward(pre) if act == "relu" else gelu_forward(pre)
+    return pre, post
+
+
+def linear_act_backward(dW, db, dpost, x, W, pre, act):
+    # (C, F) +=, (F,) +=, (..., F), (..., C), (C, F), (..., F), "relu" | "gelu" -> dx (..., C)
+    # (kernels.py overwrites dpost with dpre; here it is left alone)
+    # forward was: post = act(pre) ; pre = x @ W + b
+    dpre = relu_backward(dpost, pre) if act == "relu" else gelu_backward(dpost, pre)
+    return linear_backward(dW, db, dpre, x, W)
+
+
+def linear_residual_forward(x, W, b, resid):  # (..., C), (C, D), (D,), (..., D) -> resid + x @ W + b (..., D)
+    return resid + linear_forward(x, W, b)
+
+
+def layernorm_backward_add(dresid, dw, db, dout, x, w, mean, rstd):
+    # (..., C) +=, (C,) +=, (C,) +=, (..., C), (..., C), (C,), (...), (...)
+    # forward was: resid + f(layernorm(resid))  ->  dresid += layernorm's backward of dout
+    dresid += layernorm_backward(dw, db, dout, x, w, mean, rstd)

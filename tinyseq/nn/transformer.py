@@ -12,6 +12,9 @@ Parameter and hook names and shapes are those of a TransformerLens HookedTransfo
 loads there by name (with act_fn "gelu_new" if ours used "gelu", see TransformerConfig.act_fn).
 The ops come from `self.ops`: the Numba twins of `kernels.py` (backend="numba", the default) or the plain NumPy
 reference `ops.py` (backend="numpy"); both have the same signatures, so the model code is the same for both.
+A few steps of a block are fused (`self.fused`): a matmul and the elementwise work around it (bias,
+nonlinearity, residual add) in one pass. kernels.py has them as Numba kernels; the end of ops.py has their
+references, each composed of the plain ops above it.
 
 Two layout choices make each block a few large matrix products instead of many small ones (T = 10 is short):
   - q, k and v of all heads come from one matmul, h @ W_qkv with W_qkv (C, 3*NH*HS) gathered from the
@@ -150,9 +153,9 @@ class Transformer:
             from tinyseq.nn import kernels   # imported here: NumPy-only use never loads Numba
             from tinyseq.threads import keep_freed_memory
             keep_freed_memory()              # reuse last step's activation memory (see threads.py)
-            self.ops = kernels
+            self.ops = self.fused = kernels
         else:
-            self.ops = numpy_ops
+            self.ops = self.fused = numpy_ops
         self.params = Params(param_spec(config), dtype)
         self.init_params(seed)
 
@@ -187,10 +190,18 @@ class Transformer:
         return self.ops.layernorm_backward(G[f"{name}.w"], G[f"{name}.b"], dout, x, P[f"{name}.w"],
                                            cache[f"{name}.mean"], cache[f"{name}.rstd"])
 
-    def _act(self):
-        """(forward, backward) of the MLP nonlinearity, looked up in self.ops so a backend swap covers it."""
-        name = "relu" if self.config.act_fn == "relu" else "gelu"
-        return getattr(self.ops, f"{name}_forward"), getattr(self.ops, f"{name}_backward")
+    def _norm_backward_add(self, name, dresid, dout, x, cache):  # (B, T, C) +=, (B, T, C), (B, T, C)
+        """forward was: x = x + f(norm(x))  ->  the residual's gradient dresid += norm's backward of dout."""
+        if self.config.normalization_type is None:
+            dresid += dout
+            return
+        P, G = self.params, self.params.grads
+        self.fused.layernorm_backward_add(dresid, G[f"{name}.w"], G[f"{name}.b"], dout, x, P[f"{name}.w"],
+                                          cache[f"{name}.mean"], cache[f"{name}.rstd"])
+
+    @property
+    def _act(self):  # the MLP nonlinearity as the fused ops name it: "relu" or "gelu" (the tanh form)
+        return "relu" if self.config.act_fn == "relu" else "gelu"
 
     # ------------------------------------------------------------------------------------------------------
     def _check_tokens(self, tokens):
@@ -253,8 +264,7 @@ class Transformer:
 
     # ------------------------------------------------------------------------------------------------------
     def _block_forward(self, l, x, cache):  # (B, T, C) -> (B, T, C)
-        ops, P, p = self.ops, self.params, f"blocks.{l}"
-        act_forward, _ = self._act()
+        ops, fused, P, p = self.ops, self.fused, self.params, f"blocks.{l}"
         cache[f"{p}.hook_resid_pre"] = x
         # attention: x = x + attn(ln1(x))
         h = self._norm_forward(f"{p}.ln1", x, cache)                                  # (B, T, C)
@@ -263,8 +273,7 @@ class Transformer:
         q, k, v = split_qkv(qkv, self.config.n_heads)                      # 3 views (B, NH, T, HS)
         z, att = ops.attention_forward(q, k, v)                    # (B, NH, T, HS), (B, NH, T, T)
         zm = merge_heads(z)                                                           # (B, T, NH*HS)
-        attn_out = ops.linear_forward(zm, self._W_O(l), P[f"{p}.attn.b_O"])           # (B, T, C)
-        x = x + attn_out
+        x = fused.linear_residual_forward(zm, self._W_O(l), P[f"{p}.attn.b_O"], x)  # x + zm @ W_O + b_O (B, T, C)
         cache[f"{p}.attn.W_qkv"] = W_qkv
         cache[f"{p}.attn.hook_q"], cache[f"{p}.attn.hook_k"], cache[f"{p}.attn.hook_v"] = q, k, v
         cache[f"{p}.attn.hook_pattern"], cache[f"{p}.attn.hook_z"] = att, z
@@ -272,10 +281,8 @@ class Transformer:
         cache[f"{p}.hook_resid_mid"] = x
         # MLP: x = x + W_out act(W_in ln2(x))
         h = self._norm_forward(f"{p}.ln2", x, cache)                                  # (B, T, C)
-        pre = ops.linear_forward(h, P[f"{p}.mlp.W_in"], P[f"{p}.mlp.b_in"])           # (B, T, F)
-        post = act_forward(pre)                                                       # (B, T, F)
-        mlp_out = ops.linear_forward(post, P[f"{p}.mlp.W_out"], P[f"{p}.mlp.b_out"])  # (B, T, C)
-        x = x + mlp_out
+        pre, post = fused.linear_act_forward(h, P[f"{p}.mlp.W_in"], P[f"{p}.mlp.b_in"], self._act)  # (B, T, F) x2
+        x = fused.linear_residual_forward(post, P[f"{p}.mlp.W_out"], P[f"{p}.mlp.b_out"], x)  # (B, T, C)
         cache[f"{p}.mlp.hook_pre"], cache[f"{p}.mlp.hook_post"] = pre, post
         cache[f"{p}.hook_resid_post"] = x
         return x
@@ -287,16 +294,16 @@ class Transformer:
         residual stream at s gets only the part from queries t <= s + M: dW += h^T (dk_near + dk_far),
         dh = dk_near W^T. M = 0 is the fully myopic model: no gradient crosses positions at all.
         The cut is per layer, so across layers the reach compounds through intermediate positions: the loss at
-        t can reach t - M in layer L-1, which reaches t - 2M in layer L-2, ... up to t - n_layers*M."""
-        ops, P, G, p = self.ops, self.params, self.params.grads, f"blocks.{l}"
-        _, act_backward = self._act()
+        t can reach t - M in layer L-1, which reaches t - 2M in layer L-2, ... up to t - n_layers*M.
+        dx, the residual stream's gradient, is updated in place and returned."""
+        ops, fused, P, G, p = self.ops, self.fused, self.params, self.params.grads, f"blocks.{l}"
         # MLP, forward was: x = x + mlp_out  ->  the residual passes dx through unchanged, plus the MLP path
         dpost = ops.linear_backward(G[f"{p}.mlp.W_out"], G[f"{p}.mlp.b_out"], dx,
                                     cache[f"{p}.mlp.hook_post"], P[f"{p}.mlp.W_out"])           # (B, T, F)
-        dpre = act_backward(dpost, cache[f"{p}.mlp.hook_pre"])                                   # (B, T, F)
-        dh = ops.linear_backward(G[f"{p}.mlp.W_in"], G[f"{p}.mlp.b_in"], dpre,
-                                 cache[f"{p}.ln2.hook_normalized"], P[f"{p}.mlp.W_in"])          # (B, T, C)
-        dx = dx + self._norm_backward(f"{p}.ln2", dh, cache[f"{p}.hook_resid_mid"], cache)       # (B, T, C)
+        dh = fused.linear_act_backward(G[f"{p}.mlp.W_in"], G[f"{p}.mlp.b_in"], dpost,          # dpost: scratch
+                                       cache[f"{p}.ln2.hook_normalized"], P[f"{p}.mlp.W_in"],
+                                       cache[f"{p}.mlp.hook_pre"], self._act)                   # (B, T, C)
+        self._norm_backward_add(f"{p}.ln2", dx, dh, cache[f"{p}.hook_resid_mid"], cache)        # dx += (B, T, C)
         # attention, forward was: x = x + attn_out
         dzm = ops.linear_backward(self._W_O(l, G), G[f"{p}.attn.b_O"], dx,
                                   cache[f"{p}.attn.z_merged"], self._W_O(l))                     # (B, T, NH*HS)
@@ -320,7 +327,7 @@ class Transformer:
             dW_qkv += h.reshape(-1, h.shape[-1]).T @ dfar
             db_qkv += dfar.sum(axis=0)
         self._qkv_scatter(l, dW_qkv)
-        dx = dx + self._norm_backward(f"{p}.ln1", dh, cache[f"{p}.hook_resid_pre"], cache)       # (B, T, C)
+        self._norm_backward_add(f"{p}.ln1", dx, dh, cache[f"{p}.hook_resid_pre"], cache)        # dx += (B, T, C)
         return dx
 
     # ------------------------------------------------------------------------------------------------------
