@@ -122,7 +122,7 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, proc, monkeypatch):
 
     def boom(*a, **k):
         raise KeyboardInterrupt                      # the write is cut off half way
-    monkeypatch.setattr(np, "savez", boom)
+    monkeypatch.setattr(np.lib.format, "write_array", boom)
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save(path, small_model("transformer", seed=9), process_spec=proc.to_spec())
     assert open(path, "rb").read() == before         # the old checkpoint is intact

@@ -532,6 +532,8 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
                                  ("kstep_hook", kstep_hook, ("final", "concat"))):
         if value not in allowed:
             raise TinyseqError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise TinyseqError(f"seed must be a non-negative integer, got {seed!r}: e.g. --seed 0")
     if not 0 < frac_fit < 1:
         raise TinyseqError(f"frac_fit must be in (0, 1), got {frac_fit}")
     probe_out = model.logits(np.zeros((1, n_ctx), dtype=np.int64))

@@ -385,6 +385,9 @@ def enumerate_sequences(proc, length: int, max_sequences: int = 2_000_000):
 
 
 # ----------------------------------------------------------------------------------------------------------
+MAX_FACTS_HORIZON = 1000     # largest --horizon / --rank-horizon of process_facts
+
+
 def process_facts(proc, depth: int = 10, horizon: int = 5, context: int = 10,
                   rank_horizon: int = RANK_HORIZON) -> dict:
     """Everything `tinyseq process show` prints, as one JSON-able dict (nats unless the key says bits)."""
@@ -392,6 +395,9 @@ def process_facts(proc, depth: int = 10, horizon: int = 5, context: int = 10,
                         ("rank-horizon", rank_horizon, 1)):
         if not isinstance(v, (int, np.integer)) or v < lo:
             raise TinyseqError(f"--{name} must be an integer >= {lo}, got {v}")
+    for name, v in (("horizon", horizon), ("rank-horizon", rank_horizon)):
+        if v > MAX_FACTS_HORIZON:   # one matrix power per k: a million of them is minutes for no new fact
+            raise TinyseqError(f"--{name} {v} is too large: use at most {MAX_FACTS_HORIZON}")
     m = msp(proc, max(depth, context))
     h = myopic_entropies(proc, depth, m)
     rate, exact = entropy_rate(proc, depth)

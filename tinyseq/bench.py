@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from tinyseq.errors import TinyseqError
-from tinyseq.threads import default_threads, set_threads
+from tinyseq.threads import check_threads, default_threads, set_threads
 
 # ----------------------------------------------------------------------------------------------------------
 # what can be benchmarked
@@ -348,8 +348,7 @@ def run(models=("mess3", "small"), batches=(64, 256), threads=(1, 2), backends=(
         if name not in known:
             raise TinyseqError(f"unknown bench model {name!r}: use one of {', '.join(known)}")
     for n in threads:
-        if n < 1:
-            raise TinyseqError(f"--threads must be positive, got {n}")
+        check_threads(n)
     for b in batches:
         if b < 1:
             raise TinyseqError(f"--batches must be positive, got {b}")

@@ -91,6 +91,20 @@ def _chmod_default(path: str) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)     # every entry's timestamp: the same arrays give the same file bytes
+
+
+def _savez_deterministic(f, arrays: dict) -> None:
+    """np.savez (uncompressed, zip64 entries, one `<key>.npy` per array), except that np.savez stamps every
+    entry with the current time, so two identical runs would write different bytes; here the date is fixed."""
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(key + ".npy", date_time=ZIP_DATE)
+            info.external_attr = 0o600 << 16   # what ZipFile.open(name, "w") sets
+            with z.open(info, "w", force_zip64=True) as out:
+                np.lib.format.write_array(out, np.asanyarray(value), allow_pickle=False)
+
+
 def write_npz_atomic(path: str, arrays: dict) -> None:
     """np.savez into a temporary file next to `path`, fsync it, rename it over `path`, fsync the directory."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -102,7 +116,7 @@ def write_npz_atomic(path: str, arrays: dict) -> None:
     try:
         _chmod_default(tmp)
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            _savez_deterministic(f, arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -292,6 +292,8 @@ def parse_process(spec) -> Process:
             if not eq or not key or not val:
                 raise TinyseqError(f"malformed process parameter '{item.strip()}' in '{spec}'; "
                                    "write name:key=value,key=value (e.g. mess3:x=0.15,a=0.6)")
+            if key in params:
+                raise TinyseqError(f"process parameter {key} is given twice in '{spec}'; give each parameter once")
             try:
                 params[key] = float(val)
             except ValueError:

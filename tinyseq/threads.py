@@ -73,10 +73,23 @@ def set_blas_threads(n: int) -> str:
     return "env"
 
 
+def check_threads(n, flag: str = "--threads") -> int:
+    """n itself if it is a usable thread count: 1 .. the machine's cores (more only slows every thread down);
+    otherwise a one-line TinyseqError."""
+    from tinyseq.errors import TinyseqError
+
+    cores = os.cpu_count() or 1
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise TinyseqError(f"{flag} must be a positive integer, got {n!r}: e.g. {flag} 1")
+    if n > cores:
+        raise TinyseqError(f"{flag} {n} is more than the {cores} cores of this machine: use 1..{cores}")
+    return n
+
+
 def set_threads(n: int | None = None) -> int:
     """Give n threads (default: all cores) to BLAS; Numba kernels may use n too but are serial where BLAS
     is busy. Returns n."""
-    n = default_threads() if n is None else max(1, int(n))
+    n = default_threads() if n is None else check_threads(int(n))
     set_blas_threads(n)
     try:
         import numba

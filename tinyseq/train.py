@@ -111,6 +111,9 @@ class TrainConfig:
         number("seed", self.seed, 0, lo_open=False, integer=True)
         number("eval_seed", self.eval_seed, 0, lo_open=False, integer=True)
         number("threads", self.threads, 0, integer=True, allow_none=True)
+        if self.threads is not None:
+            from tinyseq.threads import check_threads
+            check_threads(int(self.threads))
         budgets = [name for name in ("steps", "tokens", "time") if getattr(self, name) is not None]
         if len(budgets) > 1:
             raise TinyseqError(f"give one budget, not {' and '.join('--' + b for b in budgets)}: "
@@ -164,6 +167,67 @@ def train_options() -> list[dict]:
                else int if "int" in annotation else str)
         out.append({"name": f.name, "type": typ, "default": f.default, "help": comments.get(f.name, "")})
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# memory: estimated from the sizes before anything is allocated, so a typo like --batch 1000000000000 is a
+# one-line refusal instead of minutes of swapping or the kernel's OOM killer
+MEMORY_FRACTION = 0.8        # refuse a run whose estimate exceeds this share of the memory available now
+
+
+def count_params(model_config) -> int:
+    """Number of parameters, from the config alone (n_layers could be absurd: count one layer, multiply)."""
+    from tinyseq.nn import recurrent, transformer
+    from tinyseq.nn.transformer import TransformerConfig
+
+    spec = transformer.param_spec if isinstance(model_config, TransformerConfig) else recurrent.param_spec
+    size = lambda cfg: sum(math.prod(shape) for _, shape in spec(cfg))   # noqa: E731
+    one, two = size(dataclasses.replace(model_config, n_layers=1)), size(dataclasses.replace(model_config, n_layers=2))
+    return one + (two - one) * (model_config.n_layers - 1)
+
+
+def estimate_train_bytes(model_config, config: TrainConfig) -> int:
+    """Rough peak bytes of train(): params, gradient and two AdamW moments, one step's activation record (a
+    generous count of the arrays each layer keeps for its backward), and the held-out evaluation set."""
+    from tinyseq.nn.transformer import TransformerConfig
+
+    c = model_config
+    item = 8 if config.dtype == "float64" else 4
+    T, V, L, heads = c.n_ctx, c.d_vocab, c.n_layers, c.n_future
+    if isinstance(c, TransformerConfig):
+        per_token = L * (16 * c.d_model + 4 * c.d_mlp + 6 * c.n_heads * c.d_head + 3 * c.n_heads * T) + 4 * V * heads
+    else:
+        per_token = L * 8 * c.hidden * 4 + 4 * V * heads
+    step = config.batch * T * per_token * item + config.batch * (T + heads) * 16       # + sampled uniforms, tokens
+    n_eval = config.eval_sequences
+    evaluation = n_eval * T * (V * 8 * 2 + 16) + min(n_eval, EVAL_CHUNK) * T * per_token * item
+    return 4 * count_params(c) * item + step + evaluation
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation now (MemAvailable on Linux), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(model_config, config: TrainConfig) -> int:
+    """The estimate of estimate_train_bytes, or a one-line TinyseqError when it will not fit."""
+    need = estimate_train_bytes(model_config, config)
+    have = available_memory()
+    if have is not None and need > MEMORY_FRACTION * have:
+        raise TinyseqError(f"this run needs about {need / 2**30:,.1f} GB of memory but {have / 2**30:,.1f} GB "
+                           f"is available: use smaller sizes (--batch {config.batch}, --n-ctx, --d-model, "
+                           f"--n-layers, --eval-sequences {config.eval_sequences})")
+    return need
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -285,16 +349,22 @@ class TrainState:
     step: int = 0                    # completed optimiser steps
     tokens: int = 0                  # predicted tokens so far (batch * n_ctx per step)
     seconds: float = 0.0             # wall time spent in this run so far (training and evaluation)
-    step_seconds: float = 0.0        # of which in training steps (for tokens/s)
+    step_seconds: float = 0.0        # of which in training steps
+    session_tokens: int = 0          # tokens / step seconds of this process only (tokens/s; never saved)
+    session_step_seconds: float = 0.0
     rng: dict | None = None          # the batch generator's bit_generator.state after `step` steps
     adam_m: np.ndarray | None = None  # (P,) AdamW first moment
     adam_v: np.ndarray | None = None  # (P,) AdamW second moment
     finished: bool = False
     last_eval: dict | None = None
 
-    def to_meta(self) -> dict:
-        return {"step": self.step, "tokens": self.tokens, "seconds": self.seconds,
-                "step_seconds": self.step_seconds, "rng": self.rng, "finished": self.finished}
+    def to_meta(self, with_clock: bool) -> dict:
+        """What a checkpoint keeps. The wall clock goes in only when the budget is time (a --time run resumes
+        its schedule from it); otherwise leaving it out makes the same command give the same file bytes."""
+        meta = {"step": self.step, "tokens": self.tokens, "rng": self.rng, "finished": self.finished}
+        if with_clock:
+            meta.update(seconds=self.seconds, step_seconds=self.step_seconds)
+        return meta
 
 
 def apply_threads(n: int | None) -> None:
@@ -321,7 +391,8 @@ def save_run(path, model, process, config: TrainConfig, state: TrainState) -> st
     from tinyseq.objectives import objective_from
 
     meta = {"tinyseq_version": __version__, "process": process.label, "train": config.to_dict(),
-            "objective": objective_from(config).to_dict(), "state": state.to_meta(), "eval": state.last_eval}
+            "objective": objective_from(config).to_dict(), "state": state.to_meta(config.time is not None),
+            "eval": state.last_eval}
     return save(path, model, process_spec=process.to_spec(), meta=meta, adam_m=state.adam_m, adam_v=state.adam_v)
 
 
@@ -337,7 +408,8 @@ def load_run(path, backend: str | None = None):
     try:
         config = TrainConfig.from_dict(train_meta)
         state = TrainState(step=int(state_meta["step"]), tokens=int(state_meta["tokens"]),
-                           seconds=float(state_meta["seconds"]), step_seconds=float(state_meta["step_seconds"]),
+                           seconds=float(state_meta.get("seconds", 0.0)),
+                           step_seconds=float(state_meta.get("step_seconds", 0.0)),
                            rng=state_meta["rng"], finished=bool(state_meta["finished"]),
                            adam_m=ckpt.adam_m.copy(), adam_v=ckpt.adam_v.copy(), last_eval=ckpt.meta.get("eval"))
     except (KeyError, TypeError, ValueError) as e:
@@ -391,6 +463,7 @@ def train(process, model, config: TrainConfig, out: str | None = None, callback=
     from tinyseq.processes import sample
 
     config.validate()
+    check_memory(model.config, config)
     objective = objective_from(config)
     check_model(objective, model)
     if config.lr is None:                            # the measured best rate for this kind of model
@@ -487,6 +560,8 @@ def train(process, model, config: TrainConfig, out: str | None = None, callback=
                 consistent = True
                 dt = time.perf_counter() - t0
                 state.step_seconds += dt
+                state.session_step_seconds += dt
+                state.session_tokens += per_step
                 state.seconds = time.perf_counter() - t_start
                 emit({"event": "step", "step": state.step, "steps": total, "time": config.time,
                       "tokens": state.tokens, "seconds": state.seconds, "tokens_per_s": per_step / dt,
@@ -528,7 +603,8 @@ def make_summary(process, model, config, state, status, ckpt_path) -> dict:
                                              "floor_exact", "per_position")},
             "eval_step": ev.get("step"), "steps": state.step, "tokens": state.tokens,
             "seconds": state.seconds,
-            "tokens_per_s": state.tokens / state.step_seconds if state.step_seconds > 0 else None,
+            "tokens_per_s": (state.session_tokens / state.session_step_seconds
+                             if state.session_step_seconds > 0 else None),
             "checkpoint": ckpt_path, "train": config.to_dict(),
             "objective": objective_from(config).to_dict()}
 
