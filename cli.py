@@ -288,7 +288,9 @@ def train_cmd(process_spec, kind, preset, out, resume, overwrite, as_json, **opt
 
     overrides["n_future"] = objective_from(config).heads     # --objective mtp:N: N output heads
 
-    make_config(kind, overrides, proc.vocab)                 # check the sizes before touching the disk
+    from tinyseq.train import check_memory
+
+    check_memory(make_config(kind, overrides, proc.vocab), config)   # check the sizes before touching the disk
     out = _prepare_out(out, overwrite)
     model = build_model(kind, overrides, proc.vocab, config.dtype, config.seed, config.backend)
     return _train_run(proc, model, config, out, None, as_json)
@@ -555,6 +557,9 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
     proc = tinyseq.process(process_spec)
     config = TrainConfig(time=seconds, seed=seed, threads=threads).validate()
     cfg = make_config(kind, overrides, proc.vocab)
+    from tinyseq.train import check_memory
+
+    check_memory(cfg, config)                                # sizes that cannot fit: refuse before the disk
     n_ctx = cfg.n_ctx
     if horizon is not None and not 1 <= horizon < n_ctx:
         fail(f"--horizon {horizon} needs {horizon + 1} tokens but the context is {n_ctx}: use 1..{n_ctx - 1}")
@@ -579,7 +584,9 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
     finally:
         progress.close()
     if summary["status"] == "interrupted":
-        click.echo(f"tinyseq: interrupted; checkpoint: {summary['checkpoint']}", err=True)
+        where = summary["checkpoint"] or "no checkpoint saved"
+        click.echo(f"tinyseq: interrupted; checkpoint: {where}; continue with: tinyseq train --resume {out}, "
+                   f"then look at it with: tinyseq probe {out}", err=True)
         sys.exit(130)
     a = _run_analysis(model, proc, horizon, seed, eval_set, weighting)
     path = summary["checkpoint"]
@@ -589,6 +596,93 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
     _print_analysis(a, png, as_json, extra, before=["", train_line])
     if not as_json:
         click.echo(f"\ncheckpoint: {path}\nlook again with: tinyseq probe {path}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# compare: a grid of variants x seeds, one table (tinyseq/compare.py)
+@cli.command("compare")
+@click.option("--process", "process_spec", default="mess3", show_default=True, metavar="SPEC",
+              help="Process to learn: a catalogue name (mess3, rrxor, z1r ...) or a JSON file.")
+@click.option("--grid", default=None, metavar="VARIANTS",
+              help="Comma-separated ARCH:OBJECTIVE, ARCH one of transformer, rnn, gru, lstm; OBJECTIVE ntp, "
+                   "myopia=M or mtp=N [default: transformer:ntp,transformer:myopia=0,transformer:myopia=1,"
+                   "transformer:myopia=3,transformer:mtp=2,transformer:mtp=4,gru:ntp,gru:myopia=0,gru:myopia=1].")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per variant (0..N-1).")
+@click.option("--time-per-run", "seconds", type=float, default=40.0, show_default=True,
+              help="Seconds of training per run (the default grid: about 12 minutes with 2 workers).")
+@click.option("--steps-per-run", "steps", type=int, default=None,
+              help="Train every run for this many steps instead of --time-per-run: equal steps for every variant, "
+                   "whatever the machine's load and each objective's cost per step.")
+@click.option("--workers", type=int, default=None,
+              help="Local worker processes [default: as many as the cores allow].")
+@click.option("--threads-per-run", "threads", type=int, default=None,
+              help="BLAS / Numba threads of each run; workers x threads must fit the cores [default: cores / workers].")
+@click.option("--horizon", type=int, default=3, show_default=True, help="Largest k of the k-step columns.")
+@click.option("--out", default=None, metavar="DIR",
+              help="Directory for one JSON per finished run and compare.json [default: runs/compare-PROCESS].")
+@click.option("--dask", default=None, metavar="ADDRESS",
+              help="Run on an existing Dask cluster (scheduler address, e.g. tcp://host:8786) instead of local "
+                   "workers; needs pip install 'dask[distributed]'.")
+@click.option("--json", "as_json", is_flag=True, help="Print the aggregate as one JSON object instead of the table.")
+def compare_cmd(process_spec, grid, seeds, seconds, steps, workers, threads, horizon, out, dask, as_json):
+    """Train a grid of variants (architecture x objective) with several seeds, then print one table of
+    mean +- spread over seeds: loss gap to the Bayes floor, gap vs NTP (the myopia gap), belief R^2 and
+    k-step probe accuracy and KL next to Bayes, with one sentence saying what it shows.
+
+    \b
+        tinyseq compare --process mess3
+        tinyseq compare --process rrxor --grid transformer:ntp,transformer:mtp=2 --seeds 2 --time-per-run 20
+
+    Every finished run is saved at once under --out; re-running the same command reuses it and trains only
+    what is missing (a changed setting reruns). The random-init control is skipped here to keep runs cheap.
+    """
+    from tinyseq import compare
+
+    if seeds < 1:
+        fail(f"--seeds must be at least 1, got {seeds}")
+    if seconds <= 0:
+        fail(f"--time-per-run must be a positive number of seconds, got {seconds:g}")
+    if steps is not None and steps < 1:
+        fail(f"--steps-per-run must be a positive integer, got {steps}")
+    variants = compare.parse_grid(grid if grid is not None else compare.DEFAULT_GRID)
+    proc = tinyseq.process(process_spec)
+    if out is None:
+        base = os.path.splitext(os.path.basename(proc.name.split(":")[0]))[0] or "process"
+        out = os.path.join("runs", f"compare-{base}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        fail(f"--out {out} is a file, not a directory")
+
+    def progress(ev):
+        kind = ev["event"]
+        if kind == "plan":
+            where = (f"on the Dask cluster at {ev['dask']}" if ev["dask"] else
+                     f"{ev['workers']} worker{'s' if ev['workers'] > 1 else ''} x {ev['threads_per_run']} "
+                     f"thread{'s' if ev['threads_per_run'] > 1 else ''}")
+            msg = f"{ev['runs']} runs ({ev['cached']} already saved in {out}), {ev['todo']} to train {where}"
+            if ev["todo"] and ev["workers"] and ev["seconds"]:
+                rounds = -(-ev["todo"] // ev["workers"])
+                msg += f": about {rounds * (ev['seconds'] + 8) / 60:.0f} min"
+            click.echo(msg, err=True)
+        elif kind == "finished":
+            click.echo(f"[{ev['done']}/{ev['runs']}] {ev['variant']} seed {ev['seed']}: gap {ev['gap_nats']:.2e} "
+                       f"nats ({ev['seconds']:.0f} s)", err=True)
+        elif kind == "failed":
+            click.echo(f"{ev['variant']} seed {ev['seed']} failed: {ev['error']}", err=True)
+
+    result = compare.run_grid(proc, variants, seeds=seeds, seconds=seconds, steps=steps, workers=workers,
+                              threads_per_run=threads, out=out, horizon=horizon, dask=dask, callback=progress)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(compare.format_table(result))
+        click.echo(result["sentence"])
+    if result["status"] == "interrupted":
+        click.echo(f"tinyseq: interrupted; {result['n_finished']} of {result['n_runs']} runs are saved in {out}. "
+                   f"Run the same command again to continue (saved runs are not repeated).", err=True)
+        sys.exit(130)
+    if result["n_failed"]:
+        click.echo(f"tinyseq: {result['n_failed']} run(s) failed (see above); re-run to retry them.", err=True)
+        sys.exit(1)
 
 
 # ---------------------------------------------------------------------------------------------------------

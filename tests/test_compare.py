@@ -1,0 +1,153 @@
+"""tinyseq compare: grid syntax, runs saved once and reused, the table and its sentence, workers, Dask."""
+import json
+import os
+import pytest
+
+import tinyseq
+from tinyseq import compare as C
+from tinyseq.errors import TinyseqError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {"transformer": {"n_layers": 1, "d_model": 8, "n_heads": 1, "d_head": 8, "d_mlp": 16, "n_ctx": 4},
+        "gru": {"hidden": 8, "n_ctx": 4}}
+
+
+def test_parse_grid():
+    v = C.parse_grid("transformer:ntp, transformer:myopia=0,transformer:mtp=2,gru:ntp,gru:myopia=1")
+    assert [x.name for x in v] == ["transformer:ntp", "transformer:myopia=0", "transformer:mtp=2", "gru:ntp",
+                                   "gru:myopia=1"]
+    assert v[2].objective == "mtp:2" and v[1].myopia == 0 and v[0].is_ntp
+    assert len(C.parse_grid(C.DEFAULT_GRID)) == 9
+
+
+@pytest.mark.parametrize("grid, needle", [
+    ("", "empty"), ("transformer", "no objective"), ("cnn:ntp", "unknown architecture"),
+    ("transformer:foo", "unknown objective"), ("transformer:myopia", "whole number"),
+    ("transformer:mtp=x", "whole number"), ("transformer:mtp=1", "N >= 2"),
+    ("gru:ntp,gru:ntp", "twice"), ("gru:ntp,,gru:myopia=1", "empty entry")])
+def test_parse_grid_errors(grid, needle):
+    with pytest.raises(TinyseqError, match=needle) as e:
+        C.parse_grid(grid)
+    assert "\\n" not in str(e.value)
+
+
+def test_workers_never_oversubscribe():
+    assert C.plan_workers(27, None, None, cores=2) == (2, 1)
+    assert C.plan_workers(1, None, None, cores=2) == (1, 2)
+    assert C.plan_workers(5, None, 2, cores=4) == (2, 2)
+    with pytest.raises(TinyseqError, match="needs 4 cores"):
+        C.plan_workers(10, 2, 2, cores=2)
+
+
+def _grid(out, steps=10, callback=None, variants="transformer:ntp,transformer:myopia=0,transformer:mtp=2,gru:ntp",
+          **kw):
+    return C.run_grid(tinyseq.process("mess3"), C.parse_grid(variants), seeds=2, steps=steps, workers=1,
+                      threads_per_run=1, out=out, horizon=2, model_overrides={k: TINY[k] for k in TINY
+                                                                              if k in variants}, callback=callback,
+                      **kw)
+
+
+def test_grid_saves_reuses_and_reruns_changed_settings(tmp_path):
+    out = str(tmp_path)
+    events = []
+    r = _grid(out, callback=events.append)
+    assert r["status"] == "finished" and r["n_finished"] == 8 and r["n_failed"] == 0
+    runs = os.listdir(os.path.join(out, "runs"))
+    assert len(runs) == 8 and not any(f.startswith(".tmp") for f in runs)
+    saved = json.load(open(os.path.join(out, "compare.json")))
+    assert saved["rows"][0]["variant"] == "transformer:ntp"
+    rows = {x["variant"]: x for x in r["rows"]}
+    # the paired difference is the seed-by-seed gap difference
+    gaps = {}
+    for f in runs:
+        rec = json.load(open(os.path.join(out, "runs", f)))
+        gaps[(rec["spec"]["variant"], rec["spec"]["seed"])] = rec["loss"]["gap_nats"]
+    d = [gaps[("transformer:myopia=0", s)] - gaps[("transformer:ntp", s)] for s in (0, 1)]
+    assert rows["transformer:myopia=0"]["vs_ntp_nats"]["mean"] == pytest.approx(sum(d) / 2)
+    assert rows["transformer:ntp"]["vs_ntp_nats"] is None
+    table = C.format_table(r)
+    for text in ("transformer:myopia=0", "gru:ntp", "k=2 probe acc", "Bayes", "±", "steps"):
+        assert text in table
+    assert r["sentence"].startswith("On mess3") and "transformer" in r["sentence"]
+
+    events.clear()                               # the same grid again: nothing is trained
+    again = _grid(out, callback=events.append)
+    assert [e["event"] for e in events].count("cached") == 8 and again["rows"] == r["rows"]
+    events.clear()                               # a changed budget is another run
+    _grid(out, steps=11, callback=events.append, variants="gru:ntp")
+    assert [e["event"] for e in events].count("finished") == 2
+
+
+def test_interrupt_keeps_finished_runs(tmp_path):
+    out = str(tmp_path)
+
+    def stop(event):
+        if event["event"] == "finished":
+            raise KeyboardInterrupt
+
+    r = _grid(out, callback=stop, variants="gru:ntp")
+    assert r["status"] == "interrupted" and r["n_finished"] == 1
+    events = []
+    r = _grid(out, callback=events.append, variants="gru:ntp")
+    assert r["status"] == "finished" and [e["event"] for e in events].count("cached") == 1
+
+
+def test_spawned_workers(tmp_path):
+    r = C.run_grid(tinyseq.process("z1r"), C.parse_grid("gru:ntp"), seeds=2, steps=10, workers=2,
+                   threads_per_run=1, out=str(tmp_path), horizon=1, model_overrides={"gru": TINY["gru"]})
+    assert r["n_finished"] == 2 and r["workers"] == 2
+
+
+def test_dask_cluster(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        r = C.run_grid(tinyseq.process("z1r"), C.parse_grid("gru:ntp"), seeds=2, steps=10, out=str(tmp_path),
+                       horizon=1, model_overrides={"gru": TINY["gru"]}, dask=client)
+    assert r["n_finished"] == 2 and r["dask"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--grid", "transformer:foo"], "unknown objective"),
+    (["--grid", "gru:myopia=12"], "beyond the context"),
+    (["--workers", "64"], "cores"),
+    (["--seeds", "0"], "--seeds"),
+    (["--time-per-run", "-1"], "--time-per-run"),
+    (["--steps-per-run", "0"], "--steps-per-run")])
+def test_cli_errors_are_one_line(args, needle, tmp_path, capsys):
+    import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["compare", "--out", str(tmp_path / "x"), *args])
+    err = capsys.readouterr()
+    assert e.value.code == 2 and err.out == ""
+    lines = err.err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("tinyseq")
+
+
+def test_a_starved_time_run_is_not_reused(tmp_path):
+    """A run that a busy machine left with fewer steps than the warmup is no measurement: it is retrained."""
+    spec = C.run_specs(tinyseq.process("z1r"), C.parse_grid("gru:ntp"), [0], seconds=1.0)[0]
+    path = C.run_file(str(tmp_path), spec)
+    record = {"key": C.run_key(spec), "spec": spec, "status": "finished", "train": {"steps": 1}}
+    C.save_json(path, record)
+    assert C.load_run(path, spec) is None
+    record["train"]["steps"] = spec["train"]["warmup"]
+    C.save_json(path, record)
+    assert C.load_run(path, spec) == record
+
+
+def test_sentence_names_slower_variants_under_a_time_budget():
+    """At a fixed time, a variant that trained far fewer steps is flagged: part of its cost is speed."""
+    def row(variant, gaps, steps):
+        ms = lambda v: {"mean": sum(v) / len(v), "spread": 1e-5, "n": len(v)}  # noqa: E731
+        return {"variant": variant, "kind": "gru", "objective": "ntp", "seeds": [0, 1],
+                "gap_nats": ms(gaps), "gap_by_seed": {"0": gaps[0], "1": gaps[1]}, "steps": ms(steps),
+                "vs_ntp_nats": None if variant == "gru:ntp" else ms([g - 1e-4 for g in gaps]),
+                "concat_r2": ms([1, 1]), "kstep": []}
+    result = {"process": "p", "budget": {"time": 40.0},
+              "rows": [row("gru:ntp", [1e-4, 1e-4], [500, 500]), row("gru:myopia=0", [1e-3, 1e-3], [250, 250])]}
+    text = C.summary_sentence(result)
+    assert "myopia=0 costs 9.0e-4 nats" in text and "50% fewer steps" in text
+    result["budget"] = {"steps": 500}
+    assert "fewer steps" not in C.summary_sentence(result)

@@ -1,0 +1,575 @@
+"""Grids of runs: the same process learned by several variants (architecture x objective) and several seeds,
+one table of mean +- spread over seeds.
+
+    variants  = parse_grid("transformer:ntp,transformer:myopia=0,gru:ntp")
+    result    = run_grid(process, variants, seeds=3, seconds=40)     trains, analyses, saves, aggregates
+    print(format_table(result)); print(result["sentence"])
+
+A variant is ARCH:OBJECTIVE, ARCH one of transformer, rnn, gru, lstm and OBJECTIVE one of
+    ntp          next-token prediction (the ordinary objective)
+    myopia=M     next token, but the loss at t sends no gradient to positions more than M steps back
+                 (transformer: stop-gradient keys/values; rnn/gru/lstm: truncated BPTT, window M + 1)
+    mtp=N        multi-token prediction: N heads, head i predicts x_{t+i} (the plain sum of the N losses)
+(objectives.py has the details). Every variant is evaluated the same way: head 1 against the Bayes floor.
+
+What a run measures (tinyseq.analysis.analyse, with the random-init control skipped to keep a grid cheap:
+`tinyseq probe` on a saved model shows it):
+    gap        mean next-token loss minus the Bayes floor, nats (exact over every sequence when enumerable)
+    vs NTP     the same seed's gap minus the NTP variant's gap of the same architecture (the myopia gap for a
+               myopia row); seeds pair up, since a seed fixes the initial weights and the data stream
+    R^2        affine probe to the exact belief, held-out: the best single hook, and all hooks concatenated
+    k-step     for k = 1..K, the accuracy of the logistic probe reading token t+k from the final layer,
+               next to Bayes, and KL(P* || model fed its own predictions), bits
+Spread is the standard deviation over seeds (ddof 1).
+
+Where runs go: local worker processes (spawned; each sets its own threads before any heavy work, and
+workers x threads never exceeds the cores), or, with the optional `distributed` package, an existing Dask
+cluster. Every finished run is saved at once as one JSON file under out/runs/ (atomic write), named by a key
+that hashes everything that determines its result (process, variant, seed, budget, model and training
+config, analysis settings); a re-run of the grid reuses those files and trains only what is missing or changed.
+Nothing here prints: run_grid reports progress through a callback.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinyseq.errors import TinyseqError
+
+DEFAULT_GRID = ("transformer:ntp,transformer:myopia=0,transformer:myopia=1,transformer:myopia=3,"
+                "transformer:mtp=2,transformer:mtp=4,gru:ntp,gru:myopia=0,gru:myopia=1")
+DEFAULT_SEEDS = 3
+# 9 variants x 3 seeds = 27 runs; with 2 workers that is 14 rounds of (40 s training + about 1-8 s of analysis
+# and start-up): about 11-12 minutes on 2 cores for mess3, z1r or rrxor. The default transformer learns rrxor
+# in that time too (measured: gap 0.0033 nats, 0.6% of the floor, at 40 s on one thread; the published
+# rrxor setting lr 1e-3 batch 64 reached only 0.011 in the same 40 s), so no per-process size is needed.
+DEFAULT_SECONDS = 40.0
+DEFAULT_HORIZON = 3          # k = 1..3: enough to see the k-step structure, narrow enough for one table
+NOISE_SPREADS = 2.0          # a difference counts as real when it exceeds this many seed spreads of NTP's gap
+RESULT_VERSION = 1           # bump when what a run file holds changes (old files are then re-run)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# variants and the grid syntax
+@dataclass(frozen=True)
+class Variant:
+    kind: str                    # transformer, rnn, gru, lstm
+    heads: int = 1               # N output heads (mtp=N); 1 = next token only
+    myopia: int | None = None    # M (myopia=M); None = ordinary backward
+
+    @property
+    def objective(self) -> str:
+        return "ntp" if self.heads == 1 else f"mtp:{self.heads}"
+
+    @property
+    def name(self) -> str:
+        if self.heads > 1:
+            return f"{self.kind}:mtp={self.heads}"
+        if self.myopia is not None:
+            return f"{self.kind}:myopia={self.myopia}"
+        return f"{self.kind}:ntp"
+
+    @property
+    def is_ntp(self) -> bool:
+        return self.heads == 1 and self.myopia is None
+
+
+GRID_HELP = ("a comma-separated list of ARCH:OBJECTIVE, ARCH one of transformer, rnn, gru, lstm and OBJECTIVE "
+             "ntp, myopia=M (M >= 0) or mtp=N (N >= 2), e.g. transformer:ntp,transformer:myopia=0,gru:ntp")
+
+
+def parse_variant(text: str) -> Variant:
+    from tinyseq.models import KINDS
+
+    item = text.strip()
+    if ":" not in item:
+        raise TinyseqError(f"grid entry {item!r} has no objective: write ARCH:OBJECTIVE, e.g. {item or 'gru'}:ntp")
+    kind, obj = (s.strip().lower() for s in item.split(":", 1))
+    if kind not in KINDS:
+        raise TinyseqError(f"grid entry {item!r}: unknown architecture {kind!r}: use one of {', '.join(KINDS)}")
+    if obj == "ntp":
+        return Variant(kind)
+    name, eq, value = obj.partition("=")
+    name, value = name.strip(), value.strip()
+    if name not in ("myopia", "mtp"):
+        raise TinyseqError(f"grid entry {item!r}: unknown objective {obj!r}: use ntp, myopia=M or mtp=N")
+    if not eq or not value.isdigit():
+        raise TinyseqError(f"grid entry {item!r}: {name} needs a whole number, e.g. {kind}:{name}="
+                           f"{'1' if name == 'myopia' else '2'}")
+    n = int(value)
+    if name == "myopia":
+        return Variant(kind, myopia=n)
+    if n < 2:
+        raise TinyseqError(f"grid entry {item!r}: mtp=N needs N >= 2 heads (mtp=1 is {kind}:ntp)")
+    return Variant(kind, heads=n)
+
+
+def parse_grid(text) -> list[Variant]:
+    """'transformer:ntp,gru:myopia=1' (or a list of such strings) -> [Variant]; one-line errors."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    if not any(str(i).strip() for i in items):
+        raise TinyseqError(f"the grid is empty: give {GRID_HELP}")
+    variants = []
+    for item in items:
+        if not str(item).strip():
+            raise TinyseqError(f"the grid {text!r} has an empty entry (two commas in a row?)")
+        v = parse_variant(str(item))
+        if v in variants:
+            raise TinyseqError(f"grid entry {v.name} appears twice")
+        variants.append(v)
+    return variants
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one run: its spec (everything that determines the result), its key, and the work itself
+def run_specs(process, variants, seeds, seconds=None, steps=None, model_overrides=None, horizon=DEFAULT_HORIZON,
+              train_overrides=None) -> list[dict]:
+    """One JSON-able spec per (variant, seed). model_overrides: {kind: {field: value}} on top of the model
+    defaults (e.g. {"transformer": {"d_model": 16}}); train_overrides: TrainConfig fields for every run."""
+    from tinyseq.models import config_to_dict, make_config
+    from tinyseq.train import DEFAULT_LR, TrainConfig
+
+    if (seconds is None) == (steps is None):
+        raise TinyseqError("give one budget per run: seconds or steps")
+    budget = {"time": float(seconds)} if seconds is not None else {"steps": int(steps)}
+    model_overrides = model_overrides or {}
+    unknown = sorted(set(model_overrides) - {v.kind for v in variants})
+    if unknown:
+        raise TinyseqError(f"model settings for {', '.join(unknown)}, which is not in the grid")
+    specs = []
+    for v in variants:
+        cfg = make_config(v.kind, {**model_overrides.get(v.kind, {}), "n_future": v.heads}, process.vocab)
+        if v.myopia is not None and v.myopia >= cfg.n_ctx:
+            raise TinyseqError(f"grid entry {v.name}: myopia {v.myopia} reaches beyond the context of "
+                               f"{cfg.n_ctx}; use 0..{cfg.n_ctx - 1} (M = {cfg.n_ctx - 1} cuts nothing)")
+        if not 1 <= horizon < cfg.n_ctx:
+            raise TinyseqError(f"horizon {horizon} needs {horizon + 1} tokens but {v.kind}'s context is "
+                               f"{cfg.n_ctx}: use 1..{cfg.n_ctx - 1}")
+        for seed in seeds:
+            tc = TrainConfig(**{**(train_overrides or {}), **budget}, seed=int(seed), objective=v.objective,
+                             myopia=v.myopia, threads=None)
+            if tc.lr is None:
+                tc = dataclasses.replace(tc, lr=DEFAULT_LR[v.kind])       # written into the key explicitly
+            tc.validate()
+            specs.append({"version": RESULT_VERSION, "process": process.to_spec(), "variant": v.name,
+                          "seed": int(seed), "budget": budget, "model": config_to_dict(cfg),
+                          "train": tc.to_dict(),
+                          "analysis": {"horizon": int(horizon), "random_init": None}})
+    return specs
+
+
+def run_key(spec: dict) -> str:
+    """A hash of everything that determines a run's result; a changed setting gives a new key."""
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_file(out: str, spec: dict) -> str:
+    slug = spec["variant"].replace(":", "-").replace("=", "")
+    return os.path.join(out, "runs", f"{slug}-seed{spec['seed']}-{run_key(spec)}.json")
+
+
+def run_one(spec: dict, threads: int | None = None) -> dict:
+    """Train and analyse one run (in a worker process or a Dask worker); returns a JSON-able record.
+    Errors a user can act on (e.g. a diverged run) come back as {"status": "failed", "error": ...}."""
+    from tinyseq.analysis import analyse
+    from tinyseq.models import config_from_dict, model_from_config
+    from tinyseq.processes import process_from_dict
+    from tinyseq.threads import set_threads
+    from tinyseq.train import TrainConfig, train
+
+    set_threads(threads)                  # before any heavy work: BLAS and Numba thread pools of this process
+    t0 = time.perf_counter()
+    record = {"key": run_key(spec), "spec": spec}
+    try:
+        proc = process_from_dict(spec["process"])
+        config = TrainConfig.from_dict(spec["train"])
+        model = model_from_config(config_from_dict(spec["model"]), dtype=config.dtype, seed=spec["seed"],
+                                  backend=config.backend)
+        summary = train(proc, model, config)
+        if summary["status"] != "finished":
+            return {**record, "status": summary["status"]}
+        if config.time is not None and summary["steps"] < config.warmup:
+            return {**record, "status": "failed",
+                    "error": f"trained only {summary['steps']} steps in {config.time:g} s, fewer than the "
+                             f"{config.warmup} warmup steps: the machine was too busy or --time-per-run too short; "
+                             f"re-run to retry it"}
+        t1 = time.perf_counter()
+        a = analyse(model, proc, horizon=spec["analysis"]["horizon"], seed=spec["seed"], random_init=None)
+    except TinyseqError as e:
+        return {**record, "status": "failed", "error": str(e)}
+    rows = [r for r in a["belief_recovery"] if r["control"] is None]
+    singles = [r for r in rows if r["hook"] != "concat"]
+    concat = next((r for r in rows if r["hook"] == "concat"), None)
+    best = max(singles, key=lambda r: r["r2"])
+    return {**record, "status": "finished",
+            "train": {"steps": summary["steps"], "tokens": summary["tokens"], "seconds": summary["seconds"],
+                      "tokens_per_s": summary["tokens_per_s"], "params": summary["params"],
+                      "train_eval_gap_nats": summary["loss"]["gap_nats"]},
+            "loss": {k: a["loss"][k] for k in ("mean_nats", "floor_nats", "gap_nats", "floor_exact")},
+            "belief": {"best_hook": best["hook"], "best_label": best["label"], "best_r2": best["r2"],
+                       "best_mse": best["mse"],
+                       "concat_r2": concat["r2"] if concat else best["r2"],
+                       "concat_mse": concat["mse"] if concat else best["mse"],
+                       "output_r2": next((r["r2"] for r in a["belief_recovery"]
+                                          if r["control"] == "model_output"), None)},
+            "kstep": [{k: r[k] for k in ("k", "baseline_accuracy", "bayes_accuracy", "probe_accuracy",
+                                         "rollout_accuracy", "kl_bits")} for r in a["kstep"]],
+            "kstep_hook": a["kstep_hook_label"], "ranks": a["ranks"], "eval_set": a["eval_set"]["description"],
+            "seconds": {"train": t1 - t0, "analysis": time.perf_counter() - t1,
+                        "total": time.perf_counter() - t0}, "threads": threads}
+
+
+def load_run(path: str, spec: dict) -> dict | None:
+    """A finished run saved at `path` for exactly this spec, or None (missing, unreadable, another key)."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("status") != "finished" or record.get("key") != run_key(spec) \
+            or record.get("spec") != json.loads(json.dumps(spec)):
+        return None
+    budget, warmup = spec["budget"], spec["train"].get("warmup", 0)
+    if "time" in budget and record.get("train", {}).get("steps", 0) < warmup:
+        return None                      # starved by a busy machine (older files): not a measurement, retrain
+    return record
+
+
+def save_json(path: str, obj) -> None:
+    """Atomic JSON write (a temporary file in the same folder, then rename)."""
+    from tinyseq.train import write_summary
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_summary(path, obj)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# running the grid
+def plan_workers(n_runs: int, workers: int | None, threads: int | None, cores: int | None = None):
+    """(workers, threads per run) for local runs: never more than the cores in total."""
+    from tinyseq.threads import default_threads
+
+    cores = cores or default_threads()
+    for name, value in (("workers", workers), ("threads-per-run", threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise TinyseqError(f"--{name} must be a positive integer, got {value!r}")
+    if workers is None:
+        workers = max(1, min(cores // (threads or 1), max(n_runs, 1)))
+    if threads is None:
+        threads = max(1, cores // workers)
+    if workers * threads > cores:
+        raise TinyseqError(f"--workers {workers} x {threads} thread{'s' if threads > 1 else ''} per run needs "
+                           f"{workers * threads} cores but this machine has {cores}: use --workers "
+                           f"{max(1, cores // threads)} or fewer")
+    return workers, threads
+
+
+def _worker_init(threads):
+    import signal
+
+    # Ctrl-C goes to the whole process group: the parent stops the pool; a worker must not print a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from tinyseq.threads import set_threads
+    set_threads(threads)
+
+
+def _run_task(args):
+    return run_one(*args)
+
+
+def _local_results(todo, workers, threads):
+    """Yield run records as they finish, from `workers` spawned processes (in this process for 1 worker)."""
+    if workers == 1:
+        for spec in todo:
+            yield run_one(spec, threads)
+        return
+    import multiprocessing as mp
+
+    pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(threads,))
+    try:
+        yield from pool.imap_unordered(_run_task, [(spec, threads) for spec in todo])
+        pool.close()
+    finally:
+        pool.terminate()                     # Ctrl-C or an error: stop the runs in flight (their files are not written)
+        pool.join()
+
+
+def _dask_results(todo, address, threads):
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise TinyseqError("--dask needs the optional Dask extra: pip install 'dask[distributed]'") from None
+    own = not isinstance(address, Client)
+    try:
+        client = Client(address, timeout="10s") if own else address
+    except (OSError, TimeoutError, ValueError) as e:
+        raise TinyseqError(f"cannot reach the Dask scheduler at {address}: {' '.join(str(e).split())}") from None
+    futures = [client.submit(run_one, spec, threads, pure=False, key=f"tinyseq-{run_key(spec)}-{i}")
+               for i, spec in enumerate(todo)]
+    try:
+        for fut in as_completed(futures):
+            yield fut.result()
+    finally:
+        client.cancel(futures)
+        if own:
+            client.close()
+
+
+def run_grid(process, variants, seeds=DEFAULT_SEEDS, seconds=DEFAULT_SECONDS, steps=None, workers=None,
+             threads_per_run=None, out=None, horizon=DEFAULT_HORIZON, model_overrides=None, train_overrides=None,
+             dask=None, callback=None) -> dict:
+    """Train and analyse every (variant, seed) not already saved under `out`, then aggregate.
+
+    seeds: a count (seeds 0..n-1) or a list. Budget per run: seconds (default) or steps. out: a directory
+    (None: nothing is saved or reused). dask: a scheduler address ("tcp://host:8786") or a distributed.Client
+    to run on instead of local worker processes. callback(event: dict) gets "plan", "cached", "finished",
+    "failed" events. Ctrl-C returns the aggregate of the runs finished so far, with status "interrupted".
+    """
+    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise TinyseqError(f"seeds must be a positive count or distinct seeds >= 0, got {seeds!r}")
+    if seconds is not None and steps is not None:
+        seconds = None                               # an explicit step budget wins (tests, exact repeats)
+    if seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0 and math.isfinite(seconds)):
+        raise TinyseqError(f"--time-per-run must be a positive number of seconds, got {seconds!r}")
+    emit = callback or (lambda event: None)
+    specs = run_specs(process, variants, seeds, seconds, steps, model_overrides, horizon, train_overrides)
+    records, todo = {}, []
+    for spec in specs:
+        saved = load_run(run_file(out, spec), spec) if out else None
+        if saved is not None:
+            records[saved["key"]] = saved
+            emit({"event": "cached", "variant": spec["variant"], "seed": spec["seed"], "path": run_file(out, spec)})
+        else:
+            todo.append(spec)
+    if dask is None:
+        workers, threads_per_run = plan_workers(len(todo), workers, threads_per_run)
+    else:
+        workers, threads_per_run = None, threads_per_run or 1
+    emit({"event": "plan", "runs": len(specs), "cached": len(specs) - len(todo), "todo": len(todo),
+          "workers": workers, "threads_per_run": threads_per_run, "seconds": seconds, "steps": steps,
+          "dask": None if dask is None else str(dask), "out": out})
+    t0 = time.perf_counter()
+    status = "finished"
+    failed = []
+    results = (_dask_results(todo, dask, threads_per_run) if dask is not None
+               else _local_results(todo, workers, threads_per_run))
+    try:
+        for record in results:
+            spec = record["spec"]
+            if record["status"] == "finished":
+                path = run_file(out, spec) if out else None
+                if path:
+                    save_json(path, record)
+                records[record["key"]] = record
+                emit({"event": "finished", "variant": spec["variant"], "seed": spec["seed"], "path": path,
+                      "done": len(records), "runs": len(specs), "gap_nats": record["loss"]["gap_nats"],
+                      "seconds": record["seconds"]["total"], "elapsed": time.perf_counter() - t0})
+            elif record["status"] == "failed":
+                failed.append(record)
+                emit({"event": "failed", "variant": spec["variant"], "seed": spec["seed"], "error": record["error"]})
+            else:                                    # a run stopped by Ctrl-C inside train()
+                status = "interrupted"
+                break
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        close = getattr(results, "close", None)
+        if close:
+            close()                                  # terminates the pool / cancels the Dask futures
+    ordered = [records[run_key(s)] for s in specs if run_key(s) in records]
+    result = aggregate(process, variants, seeds, ordered, horizon, specs[0]["budget"] if specs else None)
+    result.update({"status": status, "out": out, "n_runs": len(specs), "n_finished": len(ordered),
+                   "n_failed": len(failed), "failed": [{"variant": f["spec"]["variant"], "seed": f["spec"]["seed"],
+                                                        "error": f["error"]} for f in failed],
+                   "workers": workers,
+                   "threads_per_run": threads_per_run, "dask": None if dask is None else str(dask),
+                   "seconds": time.perf_counter() - t0})
+    if out:
+        save_json(os.path.join(out, "compare.json"), result)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# aggregation over seeds
+def _ms(values) -> dict:
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    if v.size == 0:
+        return {"mean": None, "spread": None, "n": 0}
+    return {"mean": float(v.mean()), "spread": float(v.std(ddof=1)) if v.size > 1 else None, "n": int(v.size)}
+
+
+def aggregate(process, variants, seeds, records, horizon, budget=None) -> dict:
+    """Rows of mean +- spread over seeds per variant, and the sentence that says what they show."""
+    by_variant = {v.name: {r["spec"]["seed"]: r for r in records if r["spec"]["variant"] == v.name}
+                  for v in variants}
+    rows = []
+    for v in variants:
+        runs = by_variant[v.name]
+        ntp = by_variant.get(Variant(v.kind).name) if Variant(v.kind) in variants else None
+        paired = [runs[s]["loss"]["gap_nats"] - ntp[s]["loss"]["gap_nats"]
+                  for s in sorted(runs) if ntp and s in ntp] if ntp and not v.is_ntp else []
+        ks = []
+        for k in range(1, horizon + 1):
+            at = [next(x for x in r["kstep"] if x["k"] == k) for r in runs.values()]
+            ks.append({"k": k, "bayes_accuracy": _ms([x["bayes_accuracy"] for x in at]),
+                       "probe_accuracy": _ms([x["probe_accuracy"] for x in at]),
+                       "kl_bits": _ms([x["kl_bits"] for x in at])})
+        rows.append({"variant": v.name, "kind": v.kind, "objective": v.objective, "myopia": v.myopia,
+                     "seeds": sorted(runs), "gap_nats": _ms([r["loss"]["gap_nats"] for r in runs.values()]),
+                     "gap_by_seed": {str(s): runs[s]["loss"]["gap_nats"] for s in sorted(runs)},
+                     "floor_nats": _ms([r["loss"]["floor_nats"] for r in runs.values()]),
+                     "vs_ntp_nats": _ms(paired) if paired else None,
+                     "steps": _ms([r["train"]["steps"] for r in runs.values()]),
+                     "best_r2": _ms([r["belief"]["best_r2"] for r in runs.values()]),
+                     "concat_r2": _ms([r["belief"]["concat_r2"] for r in runs.values()]),
+                     "output_r2": _ms([r["belief"]["output_r2"] for r in runs.values()]),
+                     "kstep": ks})
+    result = {"process": process.label, "horizon": horizon, "seeds": seeds, "budget": budget,
+              "variants": [v.name for v in variants], "rows": rows, "runs": [r["key"] for r in records]}
+    result["sentence"] = summary_sentence(result)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the table and its sentence
+def _short(x, digits=2) -> str:
+    """Compact scientific notation for small nats: 1.2e-4 (no zero-padded exponent)."""
+    if x is None or x != x:
+        return "-"
+    if x == 0:
+        return "0"
+    m, e = f"{x:.{digits - 1}e}".split("e")
+    return f"{m}e{int(e)}"
+
+
+def _pm(ms, fmt, spread_fmt=None) -> str:
+    if not ms or ms["mean"] is None:
+        return "-"
+    spread = "" if ms["spread"] is None else f" ±{(spread_fmt or fmt)(ms['spread'])}"
+    return fmt(ms["mean"]) + spread
+
+
+def format_table(result: dict) -> str:
+    from tinyseq.report import tabulate
+
+    rows = result["rows"]
+    done = [r for r in rows if r["seeds"]]
+    if not done:
+        return "no finished runs yet"
+    acc = lambda x: f"{x:.4f}"                                      # noqa: E731
+    r2 = lambda x: f"{x:.3f}"                                       # noqa: E731
+    signed = lambda x: ("+" if x > 0 else "") + _short(x)           # noqa: E731
+    spread1 = lambda x: _short(x, 1)                                # noqa: E731
+    headers = ["variant", "steps", "loss gap\n(nats)", "vs NTP\n(nats)", "belief R^2\nbest hook", "belief R^2\nconcat"]
+    for k in range(1, result["horizon"] + 1):
+        bayes = next((x["bayes_accuracy"]["mean"] for r in done for x in r["kstep"] if x["k"] == k), None)
+        headers += [f"k={k} probe acc\n(Bayes {bayes:.4f})", f"k={k} KL\n(bits)"]
+    n_seeds = len(result["seeds"])
+    body = []
+    for r in rows:
+        name = r["variant"] if len(r["seeds"]) == n_seeds else f"{r['variant']} ({len(r['seeds'])} of {n_seeds})"
+        line = [name, f"{r['steps']['mean']:.0f}" if r["steps"]["mean"] is not None else "-",
+                _pm(r["gap_nats"], _short, spread1), _pm(r["vs_ntp_nats"], signed, spread1),
+                _pm(r["best_r2"], r2), _pm(r["concat_r2"], r2)]
+        for x in r["kstep"]:
+            line += [_pm(x["probe_accuracy"], acc), _pm(x["kl_bits"], _short, spread1)]
+        body.append(line)
+    table = tabulate(body, headers=headers, colalign=("left",) + ("right",) * (len(headers) - 1))
+    budget = result.get("budget") or {}
+    per_run = (f"{budget['time']:g} s" if "time" in budget else f"{budget['steps']} steps") if budget else "?"
+    head = (f"{result['process']}: each variant trained {per_run} per run, mean ± spread (standard deviation) "
+            f"over {len(result['seeds'])} seeds.\nloss gap: mean next-token loss minus the Bayes floor. vs NTP: that gap minus the NTP "
+            f"gap of the same architecture and seed\n(for a myopia row, the myopia gap). belief R^2: affine probe "
+            f"to the exact belief, held-out. k-step: logistic probe\nfrom the final layer to token t+k, and KL(P* "
+            f"|| the model fed its own predictions). No random-init control here (`tinyseq probe` has it).")
+    return f"{head}\n{table}"
+
+
+def budget_is_time(result: dict) -> bool:
+    return "time" in (result.get("budget") or {})
+
+
+def summary_sentence(result: dict) -> str:
+    """One plain sentence computed from the numbers: which variants are within noise of NTP, what myopia
+    costs relative to the seed spread, and whether MTP moves belief R^2 or k-step accuracy."""
+    rows = {r["variant"]: r for r in result["rows"] if r["seeds"]}
+    clauses = []
+    for kind in dict.fromkeys(r["kind"] for r in rows.values()):
+        ntp = rows.get(f"{kind}:ntp")
+        others = [r for r in rows.values() if r["kind"] == kind and r["variant"] != f"{kind}:ntp"]
+        if ntp is None or not others:
+            continue
+        noise = ntp["gap_nats"]["spread"]
+        if noise is None:
+            clauses.append(f"with one seed the {kind} rows have no spread to judge noise by (use --seeds 3)")
+            continue
+        noise = max(noise, 1e-12)
+        limit = NOISE_SPREADS * noise
+        same, costs, gains = [], [], []
+        for r in others:
+            d = r["vs_ntp_nats"]["mean"] if r["vs_ntp_nats"] else None
+            if d is None:
+                continue
+            label = r["variant"].split(":", 1)[1]
+            if abs(d) <= limit:
+                same.append(label)
+            elif d > 0:
+                costs.append(f"{label} costs {_short(d)} nats ({d / noise:.0f}x the spread)")
+            else:
+                gains.append(f"{label} is {_short(-d)} nats better ({-d / noise:.0f}x the spread)")
+        parts = []
+        if same:
+            parts.append(f"{', '.join(same)} {'is' if len(same) == 1 else 'are'} within noise of NTP "
+                         f"(|difference| <= {NOISE_SPREADS:g} x the seed spread of its gap, {_short(noise)} nats)")
+        parts += costs + gains
+        mtp = [r for r in others if r["objective"] != "ntp"]
+        for r in mtp:
+            dr2 = r["concat_r2"]["mean"] - ntp["concat_r2"]["mean"]
+            r2_noise = max(ntp["concat_r2"]["spread"] or 0, r["concat_r2"]["spread"] or 0)
+            dacc = [(x["probe_accuracy"]["mean"] - y["probe_accuracy"]["mean"], x["k"],
+                     max(x["probe_accuracy"]["spread"] or 0, y["probe_accuracy"]["spread"] or 0))
+                    for x, y in zip(r["kstep"], ntp["kstep"]) if x["k"] > 1]
+            big = max(dacc, key=lambda t: abs(t[0])) if dacc else None
+            within = abs(dr2) <= NOISE_SPREADS * r2_noise
+            text = (f"{r['variant'].split(':', 1)[1]} changes the concatenated belief R^2 by {dr2:+.3f} "
+                    f"({'within' if within else 'beyond'} noise)")
+            beyond = [t for t in dacc if abs(t[0]) > NOISE_SPREADS * t[2]]
+            if beyond:
+                text += " and moves the k-step probe accuracy beyond noise at " + ", ".join(
+                    f"k = {k} ({d:+.4f}, seed spread {sp:.4f})" for d, k, sp in beyond)
+            elif big is not None:
+                text += f" and leaves the k >= 2 probe accuracy within noise (largest change {big[0]:+.4f} at k = {big[1]})"
+            parts.append(text)
+        for r in [ntp] + others:                 # seeds that did not learn what the others did
+            gaps = r["gap_by_seed"]
+            median = float(np.median(list(gaps.values())))
+            stuck = [s for s, g in gaps.items() if g > 0.01 and g > 10 * median]
+            if stuck:
+                parts.append(f"{r['variant'].split(':', 1)[1]} seed{'s' if len(stuck) > 1 else ''} "
+                             f"{', '.join(stuck)} did not converge (gap {', '.join(_short(gaps[s]) for s in stuck)} "
+                             f"nats against a median {_short(median)}), which inflates its spread")
+        if budget_is_time(result):              # a time budget: fewer steps is part of the price
+            slow = [(r["variant"].split(":", 1)[1], r["steps"]["mean"] / ntp["steps"]["mean"]) for r in others
+                    if r["steps"]["mean"] and ntp["steps"]["mean"] and r["steps"]["mean"] < 0.8 * ntp["steps"]["mean"]]
+            if slow:
+                parts.append(f"at this fixed time {', '.join(f'{v} trained {100 * (1 - f):.0f}%' for v, f in slow)} "
+                             f"fewer steps than NTP, so part of {'its' if len(slow) == 1 else 'their'} cost is speed "
+                             f"(--steps-per-run compares equal steps)")
+        clauses.append(f"for the {kind}, " + "; ".join(parts))
+    if not clauses:
+        gaps = [(r["gap_nats"]["mean"], r["variant"]) for r in rows.values()]
+        if not gaps:
+            return "No runs finished."
+        best = min(gaps)
+        return f"On {result['process']} the smallest loss gap is {best[1]}'s, {_short(best[0])} nats."
+    text = f"On {result['process']}: " + "; ".join(clauses) + "."
+    return text
