@@ -40,8 +40,8 @@ def commands():
             continue
         for line in body.splitlines():
             line = line.split("  #")[0].strip()
-            if line.startswith("tinyseq ") or line.startswith("python examples/"):
-                out.append(line)
+            if (line.startswith("tinyseq ") or line.startswith("python examples/")) and line not in out:
+                out.append(line)          # a command the README repeats (tour, then its section) runs once
     return out
 
 
@@ -50,7 +50,10 @@ def shortened(argv):
         return argv
     cmd = argv[1] if len(argv) > 1 else ""
     extra = list(SHORTEN.get(cmd, []))
-    if cmd == "train" and not any(a in argv for a in ("--steps", "--tokens")):
+    if cmd == "train" and "--time" in argv:
+        argv = list(argv)
+        argv[argv.index("--time") + 1] = "3"
+    elif cmd == "train" and not any(a in argv for a in ("--steps", "--tokens")):
         extra += ["--steps", "30"]
     if cmd == "compare" and "--grid" not in argv:
         extra += ["--grid", "transformer:ntp"]
