@@ -11,7 +11,7 @@ import pytest
 import cli
 from tinyseq import checkpoint
 from tinyseq.errors import TinyseqError
-from tinyseq.gradcheck import rel_err
+from tinyseq.gradcheck import EPS, numerical_grad, rel_err
 from tinyseq.models import build_model
 from tinyseq.nn import kernels, ops
 from tinyseq.nn.recurrent import Recurrent, RecurrentConfig, layer_forward
@@ -21,7 +21,7 @@ from tinyseq.objectives import (Objective, model_backward, objective_backward, o
 from tinyseq.processes import parse_process
 from tinyseq.train import TrainConfig, train
 
-EPS = 1e-5
+
 TOL = 1e-6          # float64 central differences (STYLE.md)
 MAX_ENTRIES = 25    # entries probed per tensor
 
@@ -35,15 +35,7 @@ def check_grads(label, loss, tensors, seed=0):
     for name, value, grad in tensors:
         flat, gflat = value.reshape(-1), np.asarray(grad).reshape(-1)
         idx = np.arange(flat.size) if flat.size <= MAX_ENTRIES else rng.choice(flat.size, MAX_ENTRIES, replace=False)
-        num = np.empty(len(idx))
-        for j, i in enumerate(idx):
-            old = flat[i]
-            flat[i] = old + EPS
-            lp = loss()
-            flat[i] = old - EPS
-            lm = loss()
-            flat[i] = old
-            num[j] = (lp - lm) / (2 * EPS)
+        num = numerical_grad(loss, value, idx)
         ana = gflat[idx]
         err = np.where(np.abs(ana - num) < noise, 0.0, rel_err(ana, num)).max()
         assert err < TOL, f"{label}: {name}: max rel err {err:.2e}"

@@ -4,28 +4,15 @@ import numpy as np
 import pytest
 
 from tinyseq.errors import TinyseqError
-from tinyseq.gradcheck import check_model, rel_err
+from tinyseq.gradcheck import check_model, numerical_grad, rel_err
 from tinyseq.nn.recurrent import (GATES, INPUTS, KINDS, Recurrent, RecurrentConfig, gru_cell_backward,
                                   gru_cell_forward, is_cell_state, layer_forward, lstm_cell_backward,
                                   lstm_cell_forward, rnn_cell_backward, rnn_cell_forward)
 
 TOL = 1e-6   # float64 central differences (STYLE.md)
-EPS = 1e-5   # finite-difference step, as tinyseq.gradcheck
 
 
-def numeric_grad(loss, arr):
-    """Central differences of loss() with respect to every entry of arr (perturbed in place)."""
-    g = np.zeros_like(arr)
-    flat, gflat = arr.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + EPS
-        lp = loss()
-        flat[i] = old - EPS
-        lm = loss()
-        flat[i] = old
-        gflat[i] = (lp - lm) / (2 * EPS)
-    return g
+
 
 
 def assert_close(name, ana, num):
@@ -78,12 +65,12 @@ def test_cell_backward_matches_finite_differences(kind):
         h, c, gates = lstm_cell_forward(xp, h_prev, c_prev, W_hh, b_hh)
         dxp, dh_prev, dc_prev = lstm_cell_backward(dW_hh, db_hh, dh, dc, gates, c, c_prev, h_prev, W_hh)
 
-    assert_close("xp", dxp, numeric_grad(loss, xp))
-    assert_close("h_prev", dh_prev, numeric_grad(loss, h_prev))
-    assert_close("W_hh", dW_hh, numeric_grad(loss, W_hh))
-    assert_close("b_hh", db_hh, numeric_grad(loss, b_hh))
+    assert_close("xp", dxp, numerical_grad(loss, xp))
+    assert_close("h_prev", dh_prev, numerical_grad(loss, h_prev))
+    assert_close("W_hh", dW_hh, numerical_grad(loss, W_hh))
+    assert_close("b_hh", db_hh, numerical_grad(loss, b_hh))
     if kind == "lstm":
-        assert_close("c_prev", dc_prev, numeric_grad(loss, c_prev))
+        assert_close("c_prev", dc_prev, numerical_grad(loss, c_prev))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -141,7 +128,7 @@ def test_embedding_path_gradient(kind):
     model.params.zero_grad()
     model.backward(dout, cache)
     for name in model.params.names():
-        num = numeric_grad(lambda: model_loss(model, tokens, dout), model.params[name])
+        num = numerical_grad(lambda: model_loss(model, tokens, dout), model.params[name])
         assert_close(name, model.params.grads[name], num)
 
 
@@ -191,9 +178,9 @@ def test_truncated_bptt_matches_definition(kind, M):
             if name == "embed.weight" and x0 is not None:
                 assert not model.params.grads[name].any()
                 continue
-            assert_close(name, model.params.grads[name], numeric_grad(loss, model.params[name]))
+            assert_close(name, model.params.grads[name], numerical_grad(loss, model.params[name]))
         if x0 is not None:
-            assert_close("x0", dx0, numeric_grad(loss, x0))
+            assert_close("x0", dx0, numerical_grad(loss, x0))
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -6,27 +6,14 @@ import numpy as np
 import pytest
 
 from tinyseq.errors import TinyseqError
-from tinyseq.gradcheck import check_model
+from tinyseq.gradcheck import check_model, numerical_grad
 from tinyseq.nn import ops
 from tinyseq.nn.transformer import Transformer, TransformerConfig, paper_config
 
 REL_TOL = 1e-6    # float64 central differences (STYLE.md)
-EPS = 1e-5
 
 
-def numerical_grad(f, x):
-    """Central differences of the scalar f() with respect to every entry of x (perturbed in place)."""
-    g = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + EPS
-        lp = f()
-        flat[i] = old - EPS
-        lm = f()
-        flat[i] = old
-        gflat[i] = (lp - lm) / (2 * EPS)
-    return g
+
 
 
 def assert_grad(analytic, numeric, name=""):

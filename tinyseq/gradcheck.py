@@ -14,6 +14,25 @@ EPS = 1e-5       # finite-difference step
 MAX_ENTRIES = 40  # entries probed per tensor (random subset for large tensors; all entries for small ones)
 
 
+def numerical_grad(f, x, idx=None):
+    """Central differences of the scalar f() with respect to entries of x (perturbed in place, then restored).
+
+    idx: flat indices to probe (default: every entry). Returns an array shaped like x, or (len(idx),).
+    """
+    flat = x.reshape(-1)
+    probe = np.arange(flat.size) if idx is None else idx
+    num = np.empty(len(probe))
+    for j, i in enumerate(probe):
+        old = flat[i]
+        flat[i] = old + EPS
+        lp = f()
+        flat[i] = old - EPS
+        lm = f()
+        flat[i] = old
+        num[j] = (lp - lm) / (2 * EPS)
+    return num.reshape(x.shape) if idx is None else num
+
+
 def _loss(model, tokens, dout, x0):
     logits, _ = model.forward(tokens, x0=x0)
     return float((logits * dout).sum())
@@ -48,15 +67,7 @@ def check_model(model, tokens, x0, seed=0, max_entries=MAX_ENTRIES):
         flat_g = np.asarray(grad).reshape(-1)
         n = flat_v.size
         idx = np.arange(n) if n <= max_entries else rng.choice(n, size=max_entries, replace=False)
-        num = np.empty(len(idx))
-        for j, i in enumerate(idx):
-            old = flat_v[i]
-            flat_v[i] = old + EPS
-            lp = _loss(model, tokens, dout, x0)
-            flat_v[i] = old - EPS
-            lm = _loss(model, tokens, dout, x0)
-            flat_v[i] = old
-            num[j] = (lp - lm) / (2 * EPS)
+        num = numerical_grad(lambda: _loss(model, tokens, dout, x0), value, idx)
         ana = flat_g[idx]
         abs_diff = float(np.max(np.abs(ana - num))) if len(idx) else 0.0
         # relative error, but differences below the rounding noise of the finite difference count as exact
