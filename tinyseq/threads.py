@@ -4,8 +4,9 @@ Policy: the threads go to BLAS (the matrix products); the Numba kernels run seri
 (T = 10, widths 64-512) the products are most of a step's arithmetic, while every elementwise kernel is a
 single short pass over memory that a thread team would barely amortise. Numba and BLAS are never parallel at
 the same time: their thread pools spin-wait after each call and would steal each other's cores, which on a
-2-core laptop costs more than either gains (STYLE.md). `set_threads(n)` still sets Numba's count to n, for
-any `prange` kernel that runs while BLAS is idle (e.g. a recurrent net's batch loop).
+2-core laptop costs more than either gains (STYLE.md). `set_threads(n)` therefore sets Numba's count to 1,
+so the `prange` loops of the recurrent kernels run serially (measured: 2 Numba threads beside 2 BLAS threads
+made the rnn/gru step 2-3x slower).
 
 BLAS threads are set at run time, in this order:
   1. threadpoolctl, if importable (not a dependency of tinyseq; it knows every BLAS and OpenMP runtime);
@@ -87,13 +88,16 @@ def check_threads(n, flag: str = "--threads") -> int:
 
 
 def set_threads(n: int | None = None) -> int:
-    """Give n threads (default: all cores) to BLAS; Numba kernels may use n too but are serial where BLAS
-    is busy. Returns n."""
+    """Give n threads (default: all cores) to BLAS and one to Numba. Returns n.
+
+    Numba's `prange` kernels (the recurrent time loops) run serially: measured on 2 cores, a 2-thread Numba team
+    next to 2 BLAS threads that spin-wait after every input projection made the rnn/gru step 2-3x *slower*
+    (rnn64 batch 64: 0.39x PyTorch with 2 Numba threads against 2.99x with 1; BENCHMARKS.md)."""
     n = default_threads() if n is None else check_threads(int(n))
     set_blas_threads(n)
     try:
         import numba
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(1)
     except ImportError:
         pass
     return n

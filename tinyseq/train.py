@@ -368,21 +368,13 @@ class TrainState:
 
 
 def apply_threads(n: int | None) -> None:
-    """Use n threads for Numba kernels and BLAS (tinyseq.threads when present, else Numba's own setting),
-    and keep freed memory for the next step's activations (tinyseq.threads.keep_freed_memory)."""
-    try:
-        from tinyseq import threads
-    except ImportError:
-        threads = None
-    if threads is not None and hasattr(threads, "keep_freed_memory"):
-        threads.keep_freed_memory()
-    if n is None:
-        return
-    if threads is not None and hasattr(threads, "set_threads"):
+    """Use n threads (tinyseq.threads' policy: BLAS gets them, Numba kernels run serially), and keep freed
+    memory for the next step's activations (tinyseq.threads.keep_freed_memory)."""
+    from tinyseq import threads
+
+    threads.keep_freed_memory()
+    if n is not None:
         threads.set_threads(int(n))
-    else:
-        import numba
-        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
 
 
 def save_run(path, model, process, config: TrainConfig, state: TrainState) -> str:
