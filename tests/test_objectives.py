@@ -8,7 +8,6 @@ import os
 import numpy as np
 import pytest
 
-import cli
 from tinyseq import checkpoint
 from tinyseq.errors import TinyseqError
 from tinyseq.gradcheck import EPS, numerical_grad, rel_err
@@ -371,14 +370,7 @@ def test_objective_from_defaults():
 
 # ----------------------------------------------------------------------------------------------------------
 # the train command and checkpoints
-def run_cli(args, capsys):
-    try:
-        cli.main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from test_train import run_cli  # noqa: E402  (cli.main in-process, exit code and captured output)
 
 
 FLAGS = ["--n-ctx", "4", "--batch", "16", "--eval-sequences", "64", "--warmup", "2", "--eval-every", "0"]
