@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinyseq.errors import TinyseqError
+
 
 class Params:
     """Named views into one flat `data` buffer and one flat `grad` buffer.
@@ -68,3 +70,27 @@ class Params:
         out = Params(self.spec, dtype)
         out.data[...] = self.data
         return out
+
+
+def check_sizes(cfg, owner: str, names) -> None:
+    """The size checks every model config shares, each failure one TinyseqError line saying how to fix it:
+    the named fields are positive integers, n_future (output heads) too, and a model needs at least two token
+    values and a context of at least two tokens. owner names the model in the message ("transformer")."""
+    def is_int(v):
+        return not isinstance(v, bool) and isinstance(v, (int, np.integer))
+
+    for name in names:
+        value = getattr(cfg, name)
+        if not is_int(value) or value < 1:
+            raise TinyseqError(f"{owner} {name} must be a positive integer, got {value!r}: "
+                               f"pass e.g. --{name.replace('_', '-')} {getattr(type(cfg), name)}")
+    n = cfg.n_future
+    if not is_int(n) or n < 1:
+        raise TinyseqError(f"{owner} n_future (output heads) must be a positive integer, got {n!r}: "
+                           f"it is N of --objective mtp:N (1 for ntp)")
+    if cfg.n_ctx < 2:
+        raise TinyseqError(f"{owner} n_ctx must be at least 2 (one token predicts the next), "
+                           f"got {cfg.n_ctx}: pass a longer context, e.g. --n-ctx 10")
+    if cfg.d_vocab < 2:
+        raise TinyseqError(f"{owner} d_vocab must be at least 2, got {cfg.d_vocab}: "
+                           f"it is the number of token values of the process")

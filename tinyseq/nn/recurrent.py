@@ -42,7 +42,7 @@ import numpy as np
 
 from tinyseq.errors import TinyseqError
 from tinyseq.nn import ops as numpy_ops
-from tinyseq.nn.params import Params
+from tinyseq.nn.params import Params, check_sizes
 
 KINDS = ("rnn", "gru", "lstm")
 INPUTS = ("embedding", "onehot")
@@ -78,21 +78,7 @@ class RecurrentConfig:
         if self.input not in INPUTS:
             raise TinyseqError(f"unknown recurrent input {self.input!r}: use 'embedding' (learned table) "
                                f"or 'onehot' (raw one-hot tokens), e.g. --input embedding")
-        for name in ("d_vocab", "n_ctx", "hidden", "n_layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise TinyseqError(f"recurrent {name} must be a positive integer, got {value!r}: "
-                                   f"pass e.g. --{name.replace('_', '-')} {getattr(RecurrentConfig, name)}")
-        n = self.n_future
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise TinyseqError(f"recurrent n_future (output heads) must be a positive integer, got {n!r}: "
-                               f"it is N of --objective mtp:N (1 for ntp)")
-        if self.d_vocab < 2:
-            raise TinyseqError(f"recurrent d_vocab must be at least 2, got {self.d_vocab}: "
-                               f"it is the number of token values of the process")
-        if self.n_ctx < 2:
-            raise TinyseqError(f"recurrent n_ctx must be at least 2 (one token predicts the next), "
-                               f"got {self.n_ctx}: pass a longer context, e.g. --n-ctx 10")
+        check_sizes(self, "recurrent", ("d_vocab", "n_ctx", "hidden", "n_layers"))
         e = self.d_embed
         if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or e < 0:
             raise TinyseqError(f"recurrent d_embed must be a non-negative integer, got {e!r}: "

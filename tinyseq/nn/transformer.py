@@ -38,7 +38,7 @@ import numpy as np
 
 from tinyseq.errors import TinyseqError
 from tinyseq.nn import ops as numpy_ops
-from tinyseq.nn.params import Params
+from tinyseq.nn.params import Params, check_sizes
 
 ACT_FNS = ("relu", "gelu", "gelu_new")      # "gelu" is the tanh form, i.e. TransformerLens's "gelu_new"
 NORMALIZATION_TYPES = ("LN", None)
@@ -72,21 +72,7 @@ class TransformerConfig:
 
     def validate(self) -> "TransformerConfig":
         """Raise TinyseqError (one line: what is wrong, how to fix it) for sizes the model cannot be built with."""
-        for name in ("d_vocab", "n_ctx", "n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise TinyseqError(f"transformer {name} must be a positive integer, got {value!r}: "
-                                   f"pass e.g. --{name.replace('_', '-')} {getattr(TransformerConfig, name)}")
-        n = self.n_future
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise TinyseqError(f"transformer n_future (output heads) must be a positive integer, got {n!r}: "
-                               f"it is N of --objective mtp:N (1 for ntp)")
-        if self.n_ctx < 2:
-            raise TinyseqError(f"transformer n_ctx must be at least 2 (one token predicts the next), "
-                               f"got {self.n_ctx}: pass a longer context, e.g. --n-ctx 10")
-        if self.d_vocab < 2:
-            raise TinyseqError(f"transformer d_vocab must be at least 2, got {self.d_vocab}: "
-                               f"it is the number of token values of the process")
+        check_sizes(self, "transformer", ("d_vocab", "n_ctx", "n_layers", "d_model", "n_heads", "d_head", "d_mlp"))
         if self.act_fn not in ACT_FNS:
             raise TinyseqError(f"unknown act_fn {self.act_fn!r}: use one of {', '.join(ACT_FNS)}")
         if self.normalization_type not in NORMALIZATION_TYPES:
