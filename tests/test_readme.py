@@ -23,7 +23,7 @@ OPTIONAL = ("torch", "transformer_lens", "matplotlib", "distributed")
 SHORTEN = {
     "demo": ["--time", "3"],
     "train": [],                      # a README train command carries its own budget (checked below)
-    "compare": ["--time-per-run", "2", "--seeds", "1", "--workers", "1"],
+    "compare": ["--steps-per-run", "60", "--seeds", "1", "--workers", "1"],   # steps: immune to machine load
     "bench": ["--quick", "--no-torch", "--models", "small", "--batches", "8", "--threads", "1"],
 }
 

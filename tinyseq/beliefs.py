@@ -23,7 +23,7 @@ BELIEF_TOL = 1e-9         # beliefs merged for computation when equal after roun
 DISTINCT_DECIMALS = 5     # beliefs *counted* as distinct when they differ after rounding to 5 decimals
                           # (the convention behind the published count: 83,500 for mess3 to depth 10)
 EXACT_MERGE = 1e-12       # a merge of two beliefs further apart than this is approximate (see msp_graph)
-MAX_LEVEL_NODES = 3_000_000  # refuse an MSP level bigger than this up front (memory)
+MAX_LEVEL_NODES = 1_000_000  # refuse an MSP level bigger than this up front (memory and seconds)
 RANK_TOL = 1e-10          # singular values below RANK_TOL * largest count as zero
 
 
