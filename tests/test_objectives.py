@@ -12,7 +12,7 @@ from tinyseq import checkpoint
 from tinyseq.errors import TinyseqError
 from tinyseq.gradcheck import EPS, numerical_grad, rel_err
 from tinyseq.models import build_model
-from tinyseq.nn import kernels, ops
+from tinyseq.nn import ops, ops_numba
 from tinyseq.nn.recurrent import Recurrent, RecurrentConfig, layer_forward
 from tinyseq.nn.transformer import Transformer, TransformerConfig, split_qkv
 from tinyseq.objectives import (Objective, model_backward, objective_backward, objective_forward,
@@ -55,13 +55,13 @@ def test_attention_backward_window_kernel_matches_reference(shape, window):
     assert len(ref) == (3 if window is None else 5)
     for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-4)):
         args = [a.astype(dtype) for a in (dout, q, k, v, att)]
-        got = kernels.attention_backward(*args, window=window)
+        got = ops_numba.attention_backward(*args, window=window)
         assert len(got) == len(ref) and all(g.dtype == dtype for g in got)
         for name, a, b in zip(("dq", "dk", "dv", "dk_far", "dv_far"), got, ref):
             np.testing.assert_allclose(a, b, atol=tol, rtol=10 * tol, err_msg=f"{name} {dtype.__name__}")
 
 
-@pytest.mark.parametrize("impl", [ops, kernels])
+@pytest.mark.parametrize("impl", [ops, ops_numba])
 def test_attention_cut_splits_the_full_gradient(impl):
     rng = np.random.default_rng(2)
     shape = (2, 2, 5, 3)

@@ -24,7 +24,7 @@ Where the pieces live:
 Myopia M, per model family:
   - transformer: in every attention layer, the key and value that query t reads from position s with
     t - s > M are computed from a stop-gradient copy of s's ln1 output; W_K, W_V, b_K, b_V still get their
-    full gradient (Transformer._block_backward, ops/kernels.attention_backward(..., window=M)). The cut is
+    full gradient (Transformer._block_backward, ops/ops_numba.attention_backward(..., window=M)). The cut is
     per layer, so across layers the reach compounds through intermediate positions (up to n_layers * M).
     M = 0 is fully myopic: no gradient crosses positions.
   - rnn/gru/lstm: truncated backpropagation through time. The loss at t reaches hidden states at most M
@@ -140,7 +140,7 @@ def split_tokens(tokens, heads: int):  # (B, n_ctx + N) -> inputs (B, n_ctx), [t
 
 def objective_forward(model, tokens, objective: Objective, ops):
     # tokens (B, n_ctx + N) -> total loss, [per-head mean CE], saved (for objective_backward)
-    """loss = sum_i w_i * mean CE(head i, x_{t+i}). ops: the model's cross-entropy pair (ops.py or kernels.py)."""
+    """loss = sum_i w_i * mean CE(head i, x_{t+i}). ops: the model's cross-entropy pair (ops.py or ops_numba.py)."""
     inputs, targets = split_tokens(tokens, objective.heads)
     logits, cache = model.forward(inputs)                                      # (B, n_ctx, V) head 1
     heads = [logits] + (model.mtp_logits(cache) if objective.heads > 1 else [])

@@ -6,7 +6,7 @@ F d_mlp, N = B*T rows.
 Conventions (from llm.c): forward functions return their output (and whatever backward needs);
 backward functions *accumulate* (`+=`) into gradient buffers that the caller zeroed once per step, and
 return the gradient of the input. Each backward quotes the forward line it inverts.
-The Numba twins in `kernels.py` have the same signatures and are tested against these.
+The Numba twins in `ops_numba.py` have the same signatures and are tested against these.
 """
 from __future__ import annotations
 
@@ -232,8 +232,8 @@ def gelu_backward(dout, x):  # (...), (...) -> dx (...)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# fused steps (a transformer's self.fused): each is a few of the ops above; kernels.py has the same functions as
-# one matmul plus one Numba pass over memory (tests/test_kernels.py checks they agree)
+# fused steps (called by the transformer's blocks): each is a few of the ops above; ops_numba.py has the same
+# functions as one matmul plus one Numba pass over memory (tests/test_ops_numba.py checks they agree)
 def linear_act_forward(x, W, b, act):  # (..., C), (C, F), (F,), "relu" | "gelu" -> pre, post (..., F)
     pre = linear_forward(x, W, b)
     post = relu_forward(pre) if act == "relu" else gelu_forward(pre)
@@ -242,7 +242,7 @@ def linear_act_forward(x, W, b, act):  # (..., C), (C, F), (F,), "relu" | "gelu"
 
 def linear_act_backward(dW, db, dpost, x, W, pre, act):
     # (C, F) +=, (F,) +=, (..., F), (..., C), (C, F), (..., F), "relu" | "gelu" -> dx (..., C)
-    # (kernels.py overwrites dpost with dpre; here it is left alone)
+    # (ops_numba.py overwrites dpost with dpre; here it is left alone)
     # forward was: post = act(pre) ; pre = x @ W + b
     dpre = relu_backward(dpost, pre) if act == "relu" else gelu_backward(dpost, pre)
     return linear_backward(dW, db, dpre, x, W)

@@ -30,8 +30,8 @@ The cells (one time step, whole batch), PyTorch's equations:
 
 Each cell is a forward/backward pair of free functions; `layer_forward` / `layer_backward` run a cell over
 time. The input projection of every step is one matmul outside the loop. These loops are the reference:
-Recurrent(backend="numba"), the default, runs their Numba twins in kernels_recurrent.py (same arguments,
-same results) and the embedding / linear twins of kernels.py; backend="numpy" runs this file and ops.py.
+Recurrent(backend="numba"), the default, runs their Numba twins in recurrent_numba.py (same arguments,
+same results) and the embedding / linear twins of ops_numba.py; backend="numpy" runs this file and ops.py.
 """
 from __future__ import annotations
 
@@ -254,7 +254,7 @@ def layer_backward(kind, dW_hh, db_hh, dh, st, W_hh, lo=0, hi=None):
 
 
 # ----------------------------------------------------------------------------------------------------------
-BACKENDS = ("numba", "numpy")   # numba: kernels.py + kernels_recurrent.py (fast); numpy: ops.py + the loops above
+BACKENDS = ("numba", "numpy")   # numba: ops_numba.py + recurrent_numba.py (fast); numpy: ops.py + the loops above
 
 
 class Recurrent:
@@ -274,10 +274,10 @@ class Recurrent:
         # self.ops: embedding and linear maps; self.loops: layer_forward / layer_backward, the time loops.
         # numpy: ops.py and the loops in this file (the reference); numba: their twins, same signatures.
         if backend == "numba":
-            from tinyseq.nn import kernels, kernels_recurrent   # imported here: NumPy-only use never loads Numba
+            from tinyseq.nn import ops_numba, recurrent_numba   # imported here: NumPy-only use never loads Numba
             from tinyseq.threads import keep_freed_memory
             keep_freed_memory()              # reuse last step's activation memory (see threads.py)
-            self.ops, self.loops = kernels, kernels_recurrent
+            self.ops, self.loops = ops_numba, recurrent_numba
         else:
             self.ops, self.loops = numpy_ops, sys.modules[__name__]
         self.params = Params(param_spec(config), dtype)

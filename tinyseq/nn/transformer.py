@@ -10,11 +10,11 @@
 
 Parameter and hook names and shapes are those of a TransformerLens HookedTransformer, so a trained state dict
 loads there by name (with act_fn "gelu_new" if ours used "gelu", see TransformerConfig.act_fn).
-The ops come from `self.ops`: the Numba twins of `kernels.py` (backend="numba", the default) or the plain NumPy
+The ops come from `self.ops`: the Numba twins of `ops_numba.py` (backend="numba", the default) or the plain NumPy
 reference `ops.py` (backend="numpy"); both have the same signatures, so the model code is the same for both.
-A few steps of a block are fused (`self.fused`): a matmul and the elementwise work around it (bias,
-nonlinearity, residual add) in one pass. kernels.py has them as Numba kernels; the end of ops.py has their
-references, each composed of the plain ops above it.
+A few steps of a block are fused ops (`linear_act_*`, `linear_residual_forward`, `layernorm_backward_add`): a
+matmul and the elementwise work around it (bias, nonlinearity, residual add) in one pass. ops_numba.py has them
+as Numba kernels; the end of ops.py has their references, each composed of the plain ops above it.
 
 Two layout choices make each block a few large matrix products instead of many small ones (T = 10 is short):
   - q, k and v of all heads come from one matmul, h @ W_qkv with W_qkv (C, 3*NH*HS) gathered from the
@@ -42,7 +42,7 @@ from tinyseq.nn.params import Params, check_sizes
 
 ACT_FNS = ("relu", "gelu", "gelu_new")      # "gelu" is the tanh form, i.e. TransformerLens's "gelu_new"
 NORMALIZATION_TYPES = ("LN", None)
-BACKENDS = ("numba", "numpy")               # numba: kernels.py (fast); numpy: ops.py (the reference)
+BACKENDS = ("numba", "numpy")               # numba: ops_numba.py (fast); numpy: ops.py (the reference)
 
 
 @dataclass
@@ -136,12 +136,12 @@ class Transformer:
             raise TinyseqError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
         self.backend = backend
         if backend == "numba":
-            from tinyseq.nn import kernels   # imported here: NumPy-only use never loads Numba
+            from tinyseq.nn import ops_numba   # imported here: NumPy-only use never loads Numba
             from tinyseq.threads import keep_freed_memory
             keep_freed_memory()              # reuse last step's activation memory (see threads.py)
-            self.ops = self.fused = kernels
+            self.ops = ops_numba
         else:
-            self.ops = self.fused = numpy_ops
+            self.ops = numpy_ops
         self.params = Params(param_spec(config), dtype)
         self.init_params(seed)
 
@@ -182,7 +182,7 @@ class Transformer:
             dresid += dout
             return
         P, G = self.params, self.params.grads
-        self.fused.layernorm_backward_add(dresid, G[f"{name}.w"], G[f"{name}.b"], dout, x, P[f"{name}.w"],
+        self.ops.layernorm_backward_add(dresid, G[f"{name}.w"], G[f"{name}.b"], dout, x, P[f"{name}.w"],
                                           cache[f"{name}.mean"], cache[f"{name}.rstd"])
 
     @property
@@ -250,7 +250,7 @@ class Transformer:
 
     # ------------------------------------------------------------------------------------------------------
     def _block_forward(self, l, x, cache):  # (B, T, C) -> (B, T, C)
-        ops, fused, P, p = self.ops, self.fused, self.params, f"blocks.{l}"
+        ops, P, p = self.ops, self.params, f"blocks.{l}"
         cache[f"{p}.hook_resid_pre"] = x
         # attention: x = x + attn(ln1(x))
         h = self._norm_forward(f"{p}.ln1", x, cache)                                  # (B, T, C)
@@ -259,7 +259,7 @@ class Transformer:
         q, k, v = split_qkv(qkv, self.config.n_heads)                      # 3 views (B, NH, T, HS)
         z, att = ops.attention_forward(q, k, v)                    # (B, NH, T, HS), (B, NH, T, T)
         zm = merge_heads(z)                                                           # (B, T, NH*HS)
-        x = fused.linear_residual_forward(zm, self._W_O(l), P[f"{p}.attn.b_O"], x)  # x + zm @ W_O + b_O (B, T, C)
+        x = ops.linear_residual_forward(zm, self._W_O(l), P[f"{p}.attn.b_O"], x)  # x + zm @ W_O + b_O (B, T, C)
         cache[f"{p}.attn.W_qkv"] = W_qkv
         cache[f"{p}.attn.hook_q"], cache[f"{p}.attn.hook_k"], cache[f"{p}.attn.hook_v"] = q, k, v
         cache[f"{p}.attn.hook_pattern"], cache[f"{p}.attn.hook_z"] = att, z
@@ -267,8 +267,8 @@ class Transformer:
         cache[f"{p}.hook_resid_mid"] = x
         # MLP: x = x + W_out act(W_in ln2(x))
         h = self._norm_forward(f"{p}.ln2", x, cache)                                  # (B, T, C)
-        pre, post = fused.linear_act_forward(h, P[f"{p}.mlp.W_in"], P[f"{p}.mlp.b_in"], self._act)  # (B, T, F) x2
-        x = fused.linear_residual_forward(post, P[f"{p}.mlp.W_out"], P[f"{p}.mlp.b_out"], x)  # (B, T, C)
+        pre, post = ops.linear_act_forward(h, P[f"{p}.mlp.W_in"], P[f"{p}.mlp.b_in"], self._act)  # (B, T, F) x2
+        x = ops.linear_residual_forward(post, P[f"{p}.mlp.W_out"], P[f"{p}.mlp.b_out"], x)  # (B, T, C)
         cache[f"{p}.mlp.hook_pre"], cache[f"{p}.mlp.hook_post"] = pre, post
         cache[f"{p}.hook_resid_post"] = x
         return x
@@ -282,11 +282,11 @@ class Transformer:
         The cut is per layer, so across layers the reach compounds through intermediate positions: the loss at
         t can reach t - M in layer L-1, which reaches t - 2M in layer L-2, ... up to t - n_layers*M.
         dx, the residual stream's gradient, is updated in place and returned."""
-        ops, fused, P, G, p = self.ops, self.fused, self.params, self.params.grads, f"blocks.{l}"
+        ops, P, G, p = self.ops, self.params, self.params.grads, f"blocks.{l}"
         # MLP, forward was: x = x + mlp_out  ->  the residual passes dx through unchanged, plus the MLP path
         dpost = ops.linear_backward(G[f"{p}.mlp.W_out"], G[f"{p}.mlp.b_out"], dx,
                                     cache[f"{p}.mlp.hook_post"], P[f"{p}.mlp.W_out"])           # (B, T, F)
-        dh = fused.linear_act_backward(G[f"{p}.mlp.W_in"], G[f"{p}.mlp.b_in"], dpost,          # dpost: scratch
+        dh = ops.linear_act_backward(G[f"{p}.mlp.W_in"], G[f"{p}.mlp.b_in"], dpost,          # dpost: scratch
                                        cache[f"{p}.ln2.hook_normalized"], P[f"{p}.mlp.W_in"],
                                        cache[f"{p}.mlp.hook_pre"], self._act)                   # (B, T, C)
         self._norm_backward_add(f"{p}.ln2", dx, dh, cache[f"{p}.hook_resid_mid"], cache)        # dx += (B, T, C)

@@ -4,7 +4,7 @@
 
 `layer_forward(kind, xp, W_hh, b_hh, h0, c0)` and `layer_backward(kind, dW_hh, db_hh, dh, st, W_hh, lo, hi)`
 are drop-in replacements for the NumPy loops in recurrent.py (tested against them in
-tests/test_kernels_recurrent.py). Read recurrent.py first: the equations and the gradients are the same, only
+tests/test_recurrent_numba.py). Read recurrent.py first: the equations and the gradients are the same, only
 the order of the work changes, and that order is where the speed comes from.
 
 1. rnn, gru: one kernel call runs a whole layer over all T steps (no Python per step). The batch rows are independent
@@ -382,5 +382,5 @@ def layer_backward(kind, dW_hh, db_hh, dh, st, W_hh, lo=0, hi=None):
         h_prev = h[:, lo - 1:hi - 1]                                          # (B, hi-lo, H)
     dhp2 = dhp.reshape(-1, GH)                                                # (B*(hi-lo), G*H)
     dW_hh += dhp2.T @ h_prev.reshape(-1, H)
-    db_hh += np.ones(dhp2.shape[0], dhp.dtype) @ dhp2      # column sums in BLAS, as kernels.linear_backward
+    db_hh += np.ones(dhp2.shape[0], dhp.dtype) @ dhp2      # column sums in BLAS, as ops_numba.linear_backward
     return dxp

@@ -1,4 +1,4 @@
-"""The Numba time loops (kernels_recurrent.py) against the NumPy reference loops (recurrent.py): each kernel on
+"""The Numba time loops (recurrent_numba.py) against the NumPy reference loops (recurrent.py): each kernel on
 random shapes, float64 to ~1e-12 and float32 against the float64 reference within 1e-4 abs / 1e-3 rel
 (STYLE.md); then whole models, numba backend vs numpy backend (logits and every gradient, full and truncated
 BPTT), and a float64 gradient check of the numba backend."""
@@ -7,7 +7,7 @@ import pytest
 
 from tinyseq.errors import TinyseqError
 from tinyseq.gradcheck import check_model
-from tinyseq.nn import kernels_recurrent as K
+from tinyseq.nn import recurrent_numba as K
 from tinyseq.nn import recurrent as R
 from tinyseq.nn.recurrent import GATES, KINDS, Recurrent, RecurrentConfig
 

@@ -1,4 +1,4 @@
-"""Numba twins of the hot ops in `ops.py`: same names, same signatures, same results (tests/test_kernels.py).
+"""Numba twins of the hot ops in `ops.py`: same names, same signatures, same results (tests/test_ops_numba.py).
 
 Shape letters as ops.py: B batch, T time, C width, V vocab, NH heads, HS head size, N = B*T rows.
 
@@ -7,10 +7,10 @@ a NumPy step spends as much time in elementwise passes and temporaries as in BLA
 op in one pass over memory, with no temporaries. Matrix products stay in BLAS, called from Python (`@` inside
 `@njit` would need SciPy), but always as one 2-D product: NumPy runs `(B, T, C) @ (C, D)` as B separate small
 products, 2-3x slower than `(B*T, C) @ (C, D)` at these sizes. This module is a complete op set for
-`Transformer(backend="numba")`, plus the fused steps the transformer's blocks call through `self.fused`
+`Transformer(backend="numba")`, plus the fused steps the transformer's blocks call
 (`linear_act_forward/backward`, `linear_residual_forward`, `layernorm_backward_add`): one BLAS product and then
 bias, nonlinearity and residual add in one pass over its output, in place, instead of one pass (and one new
-array) each. Their references are compositions of ops.py in transformer.py.
+array) each. Their references are at the end of ops.py, each composed of the plain ops above it.
 
 Every kernel comes in two layers:
   - a Python wrapper with the ops.py signature: reshapes to 2-D rows, allocates outputs, and makes the
@@ -355,7 +355,7 @@ def gelu_backward(dout, x):  # (...), (...) -> dx (...)
 # ----------------------------------------------------------------------------------------------------------
 # fused steps: a matmul in BLAS, then everything elementwise around it in one pass over its output, written
 # in place (the (N, F) arrays of the MLP are the largest of a step: each pass saved is a trip through memory).
-# Their references are the compositions of ops in transformer.py (same names, tests/test_kernels.py).
+# Their references are at the end of ops.py (same names; tests/test_ops_numba.py checks they agree).
 @njit(cache=True)
 def _bias_relu_forward(post, pre, b):  # (N, F) <-, (N, F) += b, (F,)
     N, F = pre.shape

@@ -8,7 +8,7 @@ import pytest
 
 from tinyseq.errors import TinyseqError
 from tinyseq.gradcheck import check_model
-from tinyseq.nn import kernels, ops
+from tinyseq.nn import ops, ops_numba
 from tinyseq.nn.transformer import Transformer, TransformerConfig
 
 SHAPES = [(1, 1, 1), (2, 3, 5), (3, 10, 8), (4, 7, 33)]     # (B, T, C)
@@ -26,7 +26,7 @@ def close(kernel_out, ref_out, dtype):
 def run_pair(name_fwd, args64, dtype):
     """(kernel output on args cast to dtype, reference output in float64)."""
     cast = [a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in args64]
-    return getattr(kernels, name_fwd)(*cast), getattr(ops, name_fwd)(*args64)
+    return getattr(ops_numba, name_fwd)(*cast), getattr(ops, name_fwd)(*args64)
 
 
 DTYPES = [np.float64, np.float32]
@@ -45,7 +45,7 @@ def test_layernorm(shape, dtype):
     close(rstd, rr, dtype)
     dw, db = np.zeros(C, dtype), np.zeros(C, dtype)
     rdw, rdb = np.zeros(C), np.zeros(C)
-    dx = kernels.layernorm_backward(dw, db, dout.astype(dtype), x.astype(dtype), w.astype(dtype), mean, rstd)
+    dx = ops_numba.layernorm_backward(dw, db, dout.astype(dtype), x.astype(dtype), w.astype(dtype), mean, rstd)
     rdx = ops.layernorm_backward(rdw, rdb, dout, x, w, rm, rr)
     close(dx, rdx, dtype)
     close(dw, rdw, dtype)
@@ -60,7 +60,7 @@ def test_attention(shape, dtype):
     (out, att), (ro, ratt) = run_pair("attention_forward", [q, k, v], dtype)
     close(out, ro, dtype)
     close(att, ratt, dtype)
-    grads = kernels.attention_backward(dout.astype(dtype), q.astype(dtype), k.astype(dtype), v.astype(dtype), att)
+    grads = ops_numba.attention_backward(dout.astype(dtype), q.astype(dtype), k.astype(dtype), v.astype(dtype), att)
     for g, rg in zip(grads, ops.attention_backward(dout, q, k, v, ratt)):
         close(g, rg, dtype)
 
@@ -71,11 +71,11 @@ def test_attention_on_strided_views():
     B, T, NH, HS = 2, 5, 3, 4
     qkv = rng.standard_normal((B, T, 3, NH, HS)).transpose(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
-    out, att = kernels.attention_forward(q, k, v)
+    out, att = ops_numba.attention_forward(q, k, v)
     ro, ratt = ops.attention_forward(q.copy(), k.copy(), v.copy())
     close(out, ro, np.float64)
     dout = rng.standard_normal(out.shape)
-    for g, rg in zip(kernels.attention_backward(dout, q, k, v, att), ops.attention_backward(dout, q, k, v, ratt)):
+    for g, rg in zip(ops_numba.attention_backward(dout, q, k, v, att), ops.attention_backward(dout, q, k, v, ratt)):
         close(g, rg, np.float64)
 
 
@@ -83,7 +83,7 @@ def test_attention_huge_scores_stay_finite():
     rng = np.random.default_rng(4)
     q, k, v = (rng.standard_normal((2, 1, 6, 4)) * s for s in (1e3, 1e3, 1.0))
     for dtype in DTYPES:
-        out, att = kernels.attention_forward(q.astype(dtype), k.astype(dtype), v.astype(dtype))
+        out, att = ops_numba.attention_forward(q.astype(dtype), k.astype(dtype), v.astype(dtype))
         assert np.all(np.isfinite(out)) and np.all(np.isfinite(att))
 
 
@@ -110,7 +110,7 @@ def test_cross_entropy(shape, dtype):
                                                else dict(rtol=1e-3, atol=1e-4)))
     close(probs, rprobs, dtype)
     for scale in (None, 0.25):
-        d = kernels.cross_entropy_backward(probs, targets, scale)
+        d = ops_numba.cross_entropy_backward(probs, targets, scale)
         close(d, ops.cross_entropy_backward(rprobs, targets, scale), dtype)
 
 
@@ -124,7 +124,7 @@ def test_linear(shape, dtype):
     out, ref = run_pair("linear_forward", [x, W, b], dtype)
     close(out, ref, dtype)
     dW, db, rdW, rdb = np.zeros((C, D), dtype), np.zeros(D, dtype), np.zeros((C, D)), np.zeros(D)
-    dx = kernels.linear_backward(dW, db, dout.astype(dtype), x.astype(dtype), W.astype(dtype))
+    dx = ops_numba.linear_backward(dW, db, dout.astype(dtype), x.astype(dtype), W.astype(dtype))
     close(dx, ops.linear_backward(rdW, rdb, dout, x, W), dtype)
     close(dW, rdW, dtype)
     close(db, rdb, dtype)
@@ -143,19 +143,19 @@ def test_encoder_and_embedding(shape, dtype):
     close(out, ref, dtype)
     dW_E, dW_pos, rdW_E, rdW_pos = np.zeros((V, C), dtype), np.zeros((T + 2, C), dtype), np.zeros((V, C)), \
         np.zeros((T + 2, C))
-    kernels.encoder_backward(dW_E, dW_pos, dout.astype(dtype), tokens)
+    ops_numba.encoder_backward(dW_E, dW_pos, dout.astype(dtype), tokens)
     ops.encoder_backward(rdW_E, rdW_pos, dout, tokens)
     close(dW_E, rdW_E, dtype)
     close(dW_pos, rdW_pos, dtype)
     dW, rdW = np.zeros((V, C), dtype), np.zeros((V, C))
-    kernels.embedding_backward(dW, dout.astype(dtype), tokens)
+    ops_numba.embedding_backward(dW, dout.astype(dtype), tokens)
     ops.embedding_backward(rdW, dout, tokens)
     close(dW, rdW, dtype)
 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the fused steps: kernels.py's one-pass versions against their references at the end of ops.py
+# the fused steps: ops_numba.py's one-pass versions against their references at the end of ops.py
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ["relu", "gelu"])
 @pytest.mark.parametrize("shape", SHAPES)
@@ -165,13 +165,13 @@ def test_linear_act(shape, act, dtype):
     F = 2 * C + 1
     x, W, b, dpost = (rng.standard_normal(s) for s in ((B, T, C), (C, F), (F,), (B, T, F)))
     (pre, post), (rpre, rpost) = [m.linear_act_forward(*a, act) for m, a in
-                                  ((kernels, [v.astype(dtype) for v in (x, W, b)]), (ops, [x, W, b]))]
+                                  ((ops_numba, [v.astype(dtype) for v in (x, W, b)]), (ops, [x, W, b]))]
     close(pre, rpre, dtype)
     close(post, rpost, dtype)
     dW, db = np.full((C, F), 0.5, dtype), np.full(F, 0.5, dtype)          # the backward accumulates
     rdW, rdb = np.full((C, F), 0.5), np.full(F, 0.5)
     d = dpost.astype(dtype)                                               # overwritten by the kernel
-    dx = kernels.linear_act_backward(dW, db, d, x.astype(dtype), W.astype(dtype), pre, act)
+    dx = ops_numba.linear_act_backward(dW, db, d, x.astype(dtype), W.astype(dtype), pre, act)
     rdx = ops.linear_act_backward(rdW, rdb, dpost, x, W, rpre, act)
     close(dx, rdx, dtype)
     close(dW, rdW, dtype)
@@ -185,7 +185,7 @@ def test_linear_residual(shape, dtype):
     B, T, C = shape
     D = C + 3
     x, W, b, resid = (rng.standard_normal(s) for s in ((B, T, C), (C, D), (D,), (B, T, D)))
-    out = kernels.linear_residual_forward(*(v.astype(dtype) for v in (x, W, b, resid)))
+    out = ops_numba.linear_residual_forward(*(v.astype(dtype) for v in (x, W, b, resid)))
     close(out, ops.linear_residual_forward(x, W, b, resid), dtype)
 
 
@@ -199,7 +199,7 @@ def test_layernorm_backward_add(shape, dtype):
     _, mean, rstd = ops.layernorm_forward(x, w, np.zeros(C))
     dw, db, rdw, rdb = np.full(C, 0.5, dtype), np.full(C, 0.5, dtype), np.full(C, 0.5), np.full(C, 0.5)
     got = dresid.astype(dtype)
-    kernels.layernorm_backward_add(got, dw, db, dout.astype(dtype), x.astype(dtype), w.astype(dtype),
+    ops_numba.layernorm_backward_add(got, dw, db, dout.astype(dtype), x.astype(dtype), w.astype(dtype),
                                    mean.astype(dtype), rstd.astype(dtype))
     want = dresid.copy()
     ops.layernorm_backward_add(want, rdw, rdb, dout, x, w, mean, rstd)
