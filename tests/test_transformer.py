@@ -8,12 +8,9 @@ import pytest
 from tinyseq.errors import TinyseqError
 from tinyseq.gradcheck import check_model, numerical_grad
 from tinyseq.nn import ops
-from tinyseq.nn.transformer import Transformer, TransformerConfig, paper_config
+from tinyseq.nn.transformer import Transformer, TransformerConfig, merge_heads, paper_config, split_qkv
 
 REL_TOL = 1e-6    # float64 central differences (STYLE.md)
-
-
-
 
 
 def assert_grad(analytic, numeric, name=""):
@@ -43,29 +40,32 @@ def test_layernorm(rng):
     assert_grad(db, numerical_grad(loss, b), "db")
 
 
-def test_head_in(rng):
-    x, W, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 4, 5)), rng.standard_normal((2, 5))
-    dout = rng.standard_normal((2, 2, 3, 5))
-    np.testing.assert_allclose(ops.head_in_forward(x, W, b),
-                               np.einsum("btc,nch->bnth", x, W) + b[None, :, None], atol=1e-12)
-    dW, db = np.zeros_like(W), np.zeros_like(b)
-    dx = ops.head_in_backward(dW, db, dout, x, W)
-    loss = lambda: (ops.head_in_forward(x, W, b) * dout).sum()  # noqa: E731
-    assert_grad(dx, numerical_grad(loss, x), "dx")
-    assert_grad(dW, numerical_grad(loss, W), "dW")
-    assert_grad(db, numerical_grad(loss, b), "db")
+def test_fused_qkv_projection_equals_the_transformerlens_per_head_einsum(rng):
+    """The model projects q, k, v of all heads with one (C, 3*NH*HS) matmul gathered from W_Q, W_K, W_V
+    (NH, C, HS); the result must be TransformerLens's per-head einsum, and the gradient scatter its transpose."""
+    m = Transformer(TransformerConfig(d_vocab=3, n_ctx=4, d_model=6, n_heads=2, d_head=5, n_layers=1),
+                    dtype=np.float64, seed=1, backend="numpy")
+    P, h = m.params, rng.standard_normal((2, 4, 6))
+    W_qkv, b_qkv = m._qkv_gather(0)
+    q, k, v = split_qkv(ops.linear_forward(h, W_qkv, b_qkv), 2)                     # (B, NH, T, HS) each
+    for got, name in zip((q, k, v), "QKV"):
+        want = np.einsum("btc,nch->bnth", h, P[f"blocks.0.attn.W_{name}"]) + P[f"blocks.0.attn.b_{name}"][None, :, None]
+        np.testing.assert_allclose(got, want, atol=1e-12)
+    dW_qkv = rng.standard_normal(W_qkv.shape)
+    P.grad[:] = 0
+    m._qkv_scatter(0, dW_qkv)
+    for i, name in enumerate("QKV"):       # the scatter must put column block i back as (NH, C, HS)
+        want = dW_qkv.reshape(6, 3, 2, 5)[:, i].transpose(1, 0, 2)
+        np.testing.assert_array_equal(P.grads[f"blocks.0.attn.W_{name}"], want)
 
 
-def test_head_out(rng):
-    z, W, b = rng.standard_normal((2, 2, 3, 5)), rng.standard_normal((2, 5, 4)), rng.standard_normal(4)
-    dout = rng.standard_normal((2, 3, 4))
-    np.testing.assert_allclose(ops.head_out_forward(z, W, b), np.einsum("bnth,nhc->btc", z, W) + b, atol=1e-12)
-    dW, db = np.zeros_like(W), np.zeros_like(b)
-    dz = ops.head_out_backward(dW, db, dout, z, W)
-    loss = lambda: (ops.head_out_forward(z, W, b) * dout).sum()  # noqa: E731
-    assert_grad(dz, numerical_grad(loss, z), "dz")
-    assert_grad(dW, numerical_grad(loss, W), "dW")
-    assert_grad(db, numerical_grad(loss, b), "db")
+def test_merged_output_projection_equals_the_per_head_sum(rng):
+    """z of all heads merged to (B, T, NH*HS) times W_O viewed as (NH*HS, C) is sum over heads of z_n @ W_O[n]."""
+    m = Transformer(TransformerConfig(d_vocab=3, n_ctx=4, d_model=6, n_heads=2, d_head=5, n_layers=1),
+                    dtype=np.float64, seed=1, backend="numpy")
+    z = rng.standard_normal((2, 2, 4, 5))                                           # (B, NH, T, HS)
+    want = np.einsum("bnth,nhc->btc", z, m.params["blocks.0.attn.W_O"])
+    np.testing.assert_allclose(merge_heads(z) @ m._W_O(0), want, atol=1e-12)
 
 
 def test_attention(rng):

@@ -34,6 +34,7 @@ import numpy as np
 from tinyseq import beliefs as B
 from tinyseq import probes
 from tinyseq.errors import TinyseqError
+from tinyseq.nn.ops import softmax
 
 ENUMERATE_MAX = 100_000      # enumerate every sequence when vocab ** n_ctx is at most this (mess3 n_ctx 10: 59,049)
 SAMPLE_SEQUENCES = 10_000    # size of a sampled evaluation set (and the least a sampled belief-probe set gets)
@@ -99,13 +100,6 @@ def hook_label(hook: str) -> str:
 CONCAT = "concat"
 
 
-def _softmax(logits):  # (..., V) -> (..., V) float64
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def run_model(model, tokens, want_probs=True, want_acts=True):
     """Forward `tokens` (N, T) in chunks -> next-token probabilities (N, T, V) float64 (or None), the probed
     hooks' activations {hook: (N, T, D)} float32 (or None), and the hook names in pipeline order.
@@ -130,7 +124,7 @@ def run_model(model, tokens, want_probs=True, want_acts=True):
             if want_probs:
                 logits = model.logits(chunk)
         if want_probs:
-            p = _softmax(logits)                                       # (n, T, V)
+            p = softmax(logits, np.float64)                                       # (n, T, V)
             if probs is None:
                 probs = np.empty((N,) + p.shape[1:])
             probs[s:s + len(chunk)] = p
@@ -402,7 +396,7 @@ def _rollout_rows(model, data, tree, k, seqs, pos, V, n_ctx, seed):
         return out
 
     def next_token_fn(x):
-        return _softmax(model.logits(x))
+        return softmax(model.logits(x), np.float64)
 
     for t in np.unique(pos + 1):
         m = np.flatnonzero(pos + 1 == t)

@@ -1,8 +1,9 @@
 """Probes: how much of the exact belief state, and of the k-step future, a network's activations hold.
 
 This is where the two halves of tinyseq meet: activations come from `tinyseq.nn`, exact targets (beliefs,
-k-step Bayes distributions) from `tinyseq.beliefs`. This module imports neither; it is measurement math on
-plain arrays, so every number in a report can be recomputed from arrays saved to disk.
+k-step Bayes distributions) from `tinyseq.beliefs`. This module imports neither (only the one softmax of
+tinyseq/nn/ops.py); it is measurement math on plain arrays, so every number in a report can be recomputed from
+arrays saved to disk.
 
 Shape letters: N rows (one row = one (sequence, position) pair), D activation width, S hidden states (belief
 coordinates), V vocabulary, NSEQ sequences, T positions, B prefixes, K folds.
@@ -32,6 +33,7 @@ import math
 import numpy as np
 
 from tinyseq.errors import TinyseqError
+from tinyseq.nn.ops import log_softmax
 
 CONST_REL = 1e-10  # a column whose weighted std is below CONST_REL * |mean| is constant (float noise only)
 
@@ -333,11 +335,6 @@ def _corr2(a, b):  # (M,), (M,) -> squared Pearson correlation, NaN if either is
 
 # ----------------------------------------------------------------------------------------------------------
 # 6. multinomial logistic regression (softmax regression)
-def _log_softmax(Z):  # (N, V) -> (N, V)
-    Z = Z - Z.max(axis=1, keepdims=True)  # each row's own max, never the global one
-    return Z - np.log(np.exp(Z).sum(axis=1, keepdims=True))
-
-
 def _targets(y, N, V):  # (N,) int or (N, V) probabilities -> (N, V) float64
     y = np.asarray(y)
     if y.ndim == 2:
@@ -362,7 +359,7 @@ def softmax_loss_grad(W, b, X, y, w=None, l2=0.0):
     N, V = X.shape[0], W.shape[1]
     w = _weights(w, N)
     Yt = _targets(y, N, V)
-    logp = _log_softmax(X @ W + b)  # (N, V)
+    logp = log_softmax(X @ W + b)  # (N, V)
     loss = -(w @ (Yt * logp).sum(axis=1)) + 0.5 * l2 * np.sum(W * W)
     # forward was: loss = -sum_n w_n y_n . log softmax(z_n)  ->  dz_n = w_n (p_n - y_n)  (for sum_x y_nx = 1)
     G = w[:, None] * (np.exp(logp) - Yt)  # (N, V)
@@ -481,7 +478,7 @@ def fit_logistic(X, y, V, w=None, l2=1e-4, max_iter=500, tol=1e-7):
 
 def predict_proba(X, W, b):  # (N, D), (D, V), (V,) -> (N, V)
     """softmax(X @ W + b), row by row."""
-    return np.exp(_log_softmax(np.asarray(X, dtype=np.float64) @ W + b))
+    return np.exp(log_softmax(np.asarray(X, dtype=np.float64) @ W + b))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -48,16 +48,27 @@ def linear_backward(dW, db, dout, x, W):  # (C, D) +=, (D,) += or None, (..., D)
 
 
 # ----------------------------------------------------------------------------------------------------------
+# softmax: the one copy tinyseq uses (attention, cross-entropy, evaluation, probes). dtype=np.float64 computes
+# in float64 whatever the input's dtype (evaluation and probes); None keeps the input's dtype (training).
+def softmax(z, dtype=None):  # (..., V) -> (..., V), each row sums to 1
+    z = np.asarray(z, dtype=dtype)
+    z = z - z.max(axis=-1, keepdims=True)      # each row's own max (not a global one): exp never overflows
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def log_softmax(z, dtype=None):  # (..., V) -> (..., V) log-probabilities, exact where softmax would underflow
+    z = np.asarray(z, dtype=dtype)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+# ----------------------------------------------------------------------------------------------------------
 # softmax cross-entropy, mean over all B*T tokens, in nats; backward fused with the softmax
 def cross_entropy_forward(logits, targets):  # (B, T, V), (B, T) int -> loss scalar, probs (B, T, V)
-    # subtract each row's own max (not a global max) so exp never overflows and every row keeps precision
-    z = logits - logits.max(axis=-1, keepdims=True)
-    ez = np.exp(z)
-    sumz = ez.sum(axis=-1, keepdims=True)
-    probs = ez / sumz
-    logp_target = np.take_along_axis(z, targets[..., None], axis=-1)[..., 0] - np.log(sumz[..., 0])
-    loss = -logp_target.mean()
-    return loss, probs
+    logp = log_softmax(logits)                                            # (B, T, V)
+    loss = -np.take_along_axis(logp, targets[..., None], axis=-1).mean()
+    return loss, np.exp(logp)
 
 
 def cross_entropy_backward(probs, targets, scale=None):  # (B, T, V), (B, T) -> dlogits (B, T, V)
@@ -115,41 +126,6 @@ def layernorm_backward(dw, db, dout, x, w, mean, rstd):  # (C,) +=, (C,) +=, (..
 
 
 # ----------------------------------------------------------------------------------------------------------
-# per-head input projection (W_Q, W_K or W_V in TransformerLens layout): out[b,n,t] = x[b,t] @ W[n] + b[n]
-def head_in_forward(x, W, b):  # (B, T, C), (NH, C, HS), (NH, HS) -> (B, NH, T, HS)
-    # einsum("btc,nch->bnth") written as a broadcast matmul, so NumPy hands it to BLAS
-    return x[:, None] @ W[None] + b[None, :, None, :]
-
-
-def head_in_backward(dW, db, dout, x, W):  # (NH, C, HS) +=, (NH, HS) +=, (B, NH, T, HS), (B, T, C), (NH, C, HS) -> dx (B, T, C)
-    # forward was: out[b,n,t] = x[b,t] @ W[n] + b[n]
-    #   ->  dW[n] += sum_bt x[b,t]^T dout[b,n,t] ; db[n] += sum_bt dout[b,n,t] ; dx[b,t] = sum_n dout[b,n,t] @ W[n]^T
-    B, NH, T, HS = dout.shape
-    C = x.shape[-1]
-    d = dout.transpose(1, 0, 2, 3).reshape(NH, B * T, HS)    # (NH, N, HS)
-    dW += x.reshape(B * T, C).T @ d                           # (C, N) @ (NH, N, HS) -> (NH, C, HS)
-    db += d.sum(axis=1)
-    return (dout @ W.transpose(0, 2, 1)[None]).sum(axis=1)    # (B, NH, T, C) summed over heads
-
-
-# ----------------------------------------------------------------------------------------------------------
-# output projection of all heads back to the residual width: out[b,t] = sum_n z[b,n,t] @ W_O[n] + b_O
-def head_out_forward(z, W, b):  # (B, NH, T, HS), (NH, HS, C), (C,) -> (B, T, C)
-    return (z @ W[None]).sum(axis=1) + b
-
-
-def head_out_backward(dW, db, dout, z, W):  # (NH, HS, C) +=, (C,) +=, (B, T, C), (B, NH, T, HS), (NH, HS, C) -> dz (B, NH, T, HS)
-    # forward was: out[b,t] = sum_n z[b,n,t] @ W[n] + b
-    #   ->  dW[n] += sum_bt z[b,n,t]^T dout[b,t] ; db += sum_bt dout[b,t] ; dz[b,n,t] = dout[b,t] @ W[n]^T
-    B, NH, T, HS = z.shape
-    C = dout.shape[-1]
-    zn = z.transpose(1, 0, 2, 3).reshape(NH, B * T, HS)      # (NH, N, HS)
-    dW += zn.transpose(0, 2, 1) @ dout.reshape(B * T, C)       # (NH, HS, N) @ (N, C) -> (NH, HS, C)
-    db += dout.reshape(B * T, C).sum(axis=0)
-    return dout[:, None] @ W.transpose(0, 2, 1)[None]          # (B, 1, T, C) @ (1, NH, C, HS) -> (B, NH, T, HS)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # causal multi-head self-attention on already-projected heads: out = softmax(q k^T / sqrt(HS) + mask) v
 def attention_forward(q, k, v):  # (B, NH, T, HS) x3 -> out (B, NH, T, HS), att (B, NH, T, T)
     T, HS = q.shape[-2:]
@@ -157,10 +133,8 @@ def attention_forward(q, k, v):  # (B, NH, T, HS) x3 -> out (B, NH, T, HS), att 
     scores = (q @ k.swapaxes(-1, -2)) * scale              # (B, NH, T, T): query t (row) against key s (column)
     future = np.triu(np.ones((T, T), dtype=bool), k=1)     # s > t: a position must not see the future
     scores[..., future] = -np.inf                           # exp(-inf) = 0 exactly
-    # subtract each row's own max (the diagonal is never masked, so it is finite)
-    scores -= scores.max(axis=-1, keepdims=True)
-    att = np.exp(scores)
-    att /= att.sum(axis=-1, keepdims=True)                  # (B, NH, T, T) rows sum to 1
+    att = softmax(scores)                                   # (B, NH, T, T) rows sum to 1; the diagonal is
+                                                            # never masked, so each row's max is finite
     out = att @ v
     return out, att
 
