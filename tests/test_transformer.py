@@ -8,6 +8,7 @@ import pytest
 from tinyseq.errors import TinyseqError
 from tinyseq.gradcheck import check_model, numerical_grad
 from tinyseq.nn import ops
+from tinyseq.nn.recurrent import Recurrent, RecurrentConfig
 from tinyseq.nn.transformer import Transformer, TransformerConfig, merge_heads, paper_config, split_qkv
 
 REL_TOL = 1e-6    # float64 central differences (STYLE.md)
@@ -264,3 +265,18 @@ def test_bad_tokens():
         m.logits(np.zeros((1, 6), int))              # longer than n_ctx
     with pytest.raises(TinyseqError):
         m.logits(np.full((1, 3), 3))                  # outside the vocabulary
+
+
+@pytest.mark.parametrize("build", [lambda: Transformer(tiny_config()),
+                                   lambda: Recurrent(RecurrentConfig(d_vocab=3, hidden=4, n_ctx=5))],
+                         ids=["transformer", "gru"])
+@pytest.mark.parametrize("tokens, says", [(np.array([0, 1, 2]), "wrap a single sequence as tokens[None]"),
+                                          (np.zeros((1, 6), int), "outside 1..n_ctx=5"),
+                                          (np.full((1, 3), 3), "token values must be in 0..2"),
+                                          (np.zeros((1, 3)), "integer array")])
+def test_every_model_checks_tokens_the_same_way(build, tokens, says):
+    """One token check for all models (params.check_tokens): 1-D input is refused, not guessed to be one
+    sequence; too long, out-of-vocabulary and float input are refused with the same one-line message."""
+    with pytest.raises(TinyseqError) as e:
+        build().logits(tokens)
+    assert says in str(e.value) and "\n" not in str(e.value)

@@ -94,3 +94,21 @@ def check_sizes(cfg, owner: str, names) -> None:
     if cfg.d_vocab < 2:
         raise TinyseqError(f"{owner} d_vocab must be at least 2, got {cfg.d_vocab}: "
                            f"it is the number of token values of the process")
+
+
+def check_tokens(tokens, cfg) -> np.ndarray:  # (B, T) int -> the same array, or one TinyseqError line
+    """The token check every model shares (one behaviour for all): an integer array (B, T) with
+    1 <= T <= cfg.n_ctx and values in 0..cfg.d_vocab-1. A 1-D array is refused, not guessed to be one
+    sequence: a model's input is always a batch (wrap one sequence as tokens[None])."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+        raise TinyseqError(f"tokens must be an integer array of shape (batch, time), got {tokens.dtype} "
+                           f"{tokens.shape}: wrap a single sequence as tokens[None]")
+    T = tokens.shape[1]
+    if not 1 <= T <= cfg.n_ctx:
+        raise TinyseqError(f"sequence length {T} is outside 1..n_ctx={cfg.n_ctx}: "
+                           f"cut the sequences to at most {cfg.n_ctx} tokens")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= cfg.d_vocab):
+        raise TinyseqError(f"token values must be in 0..{cfg.d_vocab - 1} (d_vocab={cfg.d_vocab}), got "
+                           f"{tokens.min()}..{tokens.max()}: build the model with the process's vocabulary")
+    return tokens

@@ -42,7 +42,7 @@ import numpy as np
 
 from tinyseq.errors import TinyseqError
 from tinyseq.nn import ops as numpy_ops
-from tinyseq.nn.params import Params, check_sizes
+from tinyseq.nn.params import Params, check_sizes, check_tokens
 
 KINDS = ("rnn", "gru", "lstm")
 INPUTS = ("embedding", "onehot")
@@ -304,19 +304,9 @@ class Recurrent:
             else:
                 self.params[name][...] = rng.uniform(-bound, bound, size=shape)
 
-    def _check_tokens(self, tokens):
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-            raise TinyseqError(f"tokens must be an integer array of shape (batch, time), got {tokens.dtype} "
-                               f"{tokens.shape}: wrap a single sequence as tokens[None]")
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.d_vocab):
-            raise TinyseqError(f"tokens must lie in 0..{self.config.d_vocab - 1} (d_vocab={self.config.d_vocab}), "
-                               f"got values {tokens.min()}..{tokens.max()}: build the model with the process's vocab")
-        return tokens
-
     def forward(self, tokens, x0=None):  # (B, T) int, (B, T, I_0) or None -> logits (B, T, V), cache
         p, cfg = self.params, self.config
-        tokens = self._check_tokens(tokens)
+        tokens = check_tokens(tokens, self.config)
         if x0 is not None:
             x = x0                                                              # (B, T, I_0)
         elif cfg.input == "embedding":

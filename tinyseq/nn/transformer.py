@@ -38,7 +38,7 @@ import numpy as np
 
 from tinyseq.errors import TinyseqError
 from tinyseq.nn import ops as numpy_ops
-from tinyseq.nn.params import Params, check_sizes
+from tinyseq.nn.params import Params, check_sizes, check_tokens
 
 ACT_FNS = ("relu", "gelu", "gelu_new")      # "gelu" is the tanh form, i.e. TransformerLens's "gelu_new"
 NORMALIZATION_TYPES = ("LN", None)
@@ -190,26 +190,11 @@ class Transformer:
         return "relu" if self.config.act_fn == "relu" else "gelu"
 
     # ------------------------------------------------------------------------------------------------------
-    def _check_tokens(self, tokens):
-        tokens = np.asarray(tokens)
-        if tokens.ndim == 1:                         # one sequence: a batch of one
-            tokens = tokens[None]
-        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-            raise TinyseqError(f"tokens must be an integer array (B, T), got {tokens.dtype} {tokens.shape}")
-        T = tokens.shape[1]
-        if not 1 <= T <= self.config.n_ctx:
-            raise TinyseqError(f"sequence length {T} is outside 1..n_ctx={self.config.n_ctx}: "
-                               f"cut the sequences to at most {self.config.n_ctx} tokens")
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.d_vocab):
-            raise TinyseqError(f"token values must be in 0..{self.config.d_vocab - 1}, got "
-                               f"{tokens.min()}..{tokens.max()}: the model was built for another vocabulary")
-        return tokens
-
     def forward(self, tokens, x0=None):  # (B, T) int [, (B, T, C)] -> logits (B, T, V), cache
         """Logits and the cache backward needs. x0, if given, replaces W_E[tokens] + W_pos[:T] (then the
         embedding tables get no gradient)."""
         ops, P = self.ops, self.params
-        tokens = self._check_tokens(tokens)
+        tokens = check_tokens(tokens, self.config)
         cache = {"tokens": tokens, "x0_given": x0 is not None}
         if x0 is None:
             x = ops.encoder_forward(P["embed.W_E"], P["pos_embed.W_pos"], tokens)      # (B, T, C)
