@@ -43,7 +43,7 @@ def cli(ctx, debug):
 def processes_cmd(as_json):
     """Table of the process catalogue: sizes, entropy rate, MSP size, observability ranks."""
     from tinyseq import report
-    from tinyseq.processes import catalogue_summary
+    from tinyseq.beliefs import catalogue_summary
 
     rows = catalogue_summary()
     if as_json:

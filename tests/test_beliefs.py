@@ -161,7 +161,7 @@ def test_impossible_sequence_is_a_clear_error():
 
 
 def test_process_facts_json_keys():
-    f = tinyseq.process("z1r").facts(depth=6, horizon=3, context=4)
+    f = B.process_facts(tinyseq.process("z1r"), depth=6, horizon=3, context=4)
     for key in ("name", "states", "vocab", "stationary", "myopic_entropy_nats", "entropy_rate_nats",
                 "msp_states", "kstep_bayes_accuracy", "kstep_marginal_accuracy", "ranks"):
         assert key in f

@@ -407,7 +407,7 @@ def _rollout_rows(model, data, tree, k, seqs, pos, V, n_ctx, seed):
     return out
 
 
-def kstep_table(model, proc, data: EvalData, hook, belief_fit, horizon, tree=None, seed=0, fit_data=None):
+def kstep_accuracy(model, proc, data: EvalData, hook, belief_fit, horizon, tree=None, seed=0, fit_data=None):
     """One row per k: every predictor scored by its expected accuracy under the exact k-step distribution, over
     the held-out rows of `data`. The logistic probe is fitted on the fit rows of `fit_data` (default `data`; the
     large sampled set when the enumerated one is too small to fit on)."""
@@ -604,7 +604,7 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
     t0 = time.perf_counter()
     khook = final_hook(data.hooks) if kstep_hook == "final" or len(data.hooks) == 1 else CONCAT
     kfit = bdata if bdata.tokens is not data.tokens else data    # not the uniformly weighted copy: labels must follow P
-    kst = kstep_table(model, process, data, khook, fits[khook], horizon, tree, seed, fit_data=kfit)
+    kst = kstep_accuracy(model, process, data, khook, fits[khook], horizon, tree, seed, fit_data=kfit)
     timings["kstep"] = time.perf_counter() - t0
 
     # --- the picture ------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinyseq.errors import TinyseqError
+from tinyseq.markov import closed_classes, stationary_distribution
+from tinyseq.processes import CATALOGUE, catalogue_process
 
 BELIEF_TOL = 1e-9         # beliefs merged for computation when equal after rounding each coordinate to 1e-9
 DISTINCT_DECIMALS = 5     # beliefs *counted* as distinct when they differ after rounding to 5 decimals
@@ -233,10 +235,8 @@ def msp_graph(proc, max_states: int = 5000, max_depth: int = 200):
 
 def _recurrent_stationary(trans: np.ndarray, start: int = 0) -> np.ndarray:
     """Long-run (Cesaro) distribution of the MSP chain started at the root: mass on the recurrent beliefs."""
-    from tinyseq.processes import _closed_classes, stationary_distribution
-
     K = trans.shape[0]
-    classes = _closed_classes(trans)
+    classes = closed_classes(trans)
     if len(classes) == 1:
         cls = classes[0]
         pi = np.zeros(K)
@@ -430,3 +430,18 @@ def process_facts(proc, depth: int = 10, horizon: int = 5, context: int = 10,
         "ranks": observability_ranks(proc, rank_horizon),
         "belief_tolerance": BELIEF_TOL,
     }
+
+
+# ----------------------------------------------------------------------------------------------------------
+def catalogue_summary(depth: int = 10) -> list[dict]:
+    """One row per catalogue process at its default parameters (for `tinyseq processes`)."""
+    rows = []
+    for name, (_, blurb) in CATALOGUE.items():
+        p = catalogue_process(name)
+        m = msp(p, depth)
+        rate, exact = entropy_rate(p, depth=depth)
+        ranks = observability_ranks(p)
+        rows.append(dict(name=p.label, states=p.n_states, vocab=p.vocab, entropy_rate_nats=rate,
+                         entropy_rate_bits=rate / math.log(2), entropy_rate_exact=exact,
+                         msp_states_depth10=m.n_distinct, msp_finite=m.finite, ranks=ranks, about=blurb))
+    return rows

@@ -120,7 +120,7 @@ def objective_from(config) -> Objective:
                      myopia=check_myopia(getattr(config, "myopia", None)))
 
 
-def check_model(objective: Objective, model) -> None:
+def check_heads(objective: Objective, model) -> None:
     """The model must have exactly the heads the objective trains."""
     have = getattr(model.config, "n_future", 1)
     if have != objective.heads:

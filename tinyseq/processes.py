@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit
 
 from tinyseq.errors import TinyseqError
+from tinyseq.markov import closed_classes, stationary_distribution
 
 ROW_SUM_TOL = 1e-9
 
@@ -68,51 +69,12 @@ class Process:
         """(batch, length) int64 tokens, each sequence started from the stationary distribution."""
         return sample(self, batch, length, rng)
 
-    # notebook conveniences: the exact machinery in beliefs.py, as methods
-    def beliefs(self, tokens):
-        from tinyseq.beliefs import belief_states
-        return belief_states(self, tokens)
-
-    def facts(self, depth=10, horizon=5, context=10):
-        from tinyseq.beliefs import process_facts
-        return process_facts(self, depth=depth, horizon=horizon, context=context)
-
     def __repr__(self) -> str:
         return f"Process({self.label}, states={self.n_states}, vocab={self.vocab})"
 
 
 # ----------------------------------------------------------------------------------------------------------
 # validation
-def _closed_classes(M: np.ndarray) -> list[list[int]]:
-    """Closed communicating classes of the directed graph i -> j where M[i, j] > 0 (S is small: dense)."""
-    S = M.shape[0]
-    reach = (M > 0) | np.eye(S, dtype=bool)
-    for k in range(S):  # Warshall transitive closure
-        reach |= reach[:, k:k + 1] & reach[k:k + 1, :]
-    classes, seen = [], set()
-    for i in range(S):
-        if i in seen:
-            continue
-        cls = [j for j in range(S) if reach[i, j] and reach[j, i]]
-        seen.update(cls)
-        # closed: nothing reachable from the class lies outside it
-        if all(set(np.flatnonzero(reach[j]).tolist()) <= set(cls) for j in cls):
-            classes.append(cls)
-    return classes
-
-
-def stationary_distribution(M: np.ndarray) -> np.ndarray:
-    """The left eigenvector of M for eigenvalue 1, normalised; assumes exactly one closed class."""
-    S = M.shape[0]
-    # solve pi (M - I) = 0 with sum(pi) = 1 as one least-squares system (exact for a unique solution)
-    A = np.vstack([(M - np.eye(S)).T, np.ones((1, S))])
-    rhs = np.zeros(S + 1)
-    rhs[-1] = 1.0
-    pi, *_ = np.linalg.lstsq(A, rhs, rcond=None)
-    pi = np.clip(pi, 0.0, None)
-    return pi / pi.sum()
-
-
 def make_process(T, name="custom", symbols=None, params=None) -> Process:
     """Validate T (V, S, S) and build a Process; every problem is a one-line TinyseqError naming the entry."""
     where = f"process '{name}'"
@@ -152,7 +114,7 @@ def make_process(T, name="custom", symbols=None, params=None) -> Process:
     if len(set(symbols)) != V:
         raise TinyseqError(f"{where}: symbol names must be distinct, got {symbols}")
     M = T.sum(axis=0)
-    classes = _closed_classes(M)
+    classes = closed_classes(M)
     if len(classes) != 1:
         desc = "; ".join("{" + ",".join(map(str, c)) + "}" for c in classes)
         raise TinyseqError(f"{where}: not ergodic: {len(classes)} closed classes of states ({desc}), so the "
@@ -420,19 +382,3 @@ def sample(proc: Process, batch: int, length: int, rng: np.random.Generator, bac
 # ----------------------------------------------------------------------------------------------------------
 def catalogue_names() -> list[str]:
     return list(CATALOGUE)
-
-
-def catalogue_summary(depth: int = 10) -> list[dict]:
-    """One row per catalogue process at its default parameters (for `tinyseq processes`)."""
-    from tinyseq.beliefs import entropy_rate, msp, observability_ranks
-
-    rows = []
-    for name, (_, blurb) in CATALOGUE.items():
-        p = catalogue_process(name)
-        m = msp(p, depth)
-        rate, exact = entropy_rate(p, depth=depth)
-        ranks = observability_ranks(p)
-        rows.append(dict(name=p.label, states=p.n_states, vocab=p.vocab, entropy_rate_nats=rate,
-                         entropy_rate_bits=rate / math.log(2), entropy_rate_exact=exact,
-                         msp_states_depth10=m.n_distinct, msp_finite=m.finite, ranks=ranks, about=blurb))
-    return rows

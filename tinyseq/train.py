@@ -447,13 +447,13 @@ def train(process, model, config: TrainConfig, out: str | None = None, callback=
     """
     from tinyseq.models import model_kind
     from tinyseq.nn import ops as numpy_ops
-    from tinyseq.objectives import check_model, objective_backward, objective_forward, objective_from
+    from tinyseq.objectives import check_heads, objective_backward, objective_forward, objective_from
     from tinyseq.processes import sample
 
     config.validate()
     check_memory(model.config, config)
     objective = objective_from(config)
-    check_model(objective, model)
+    check_heads(objective, model)
     if config.lr is None:                            # the measured best rate for this kind of model
         config = dataclasses.replace(config, lr=DEFAULT_LR[model_kind(model)])
     emit = callback or (lambda event: None)
