@@ -283,7 +283,7 @@ def _heldout_rows(data):
     return data._eval
 
 
-def _belief_probe(data, feats, hook, ridge, control=None, shuffle=False, seed=0):
+def belief_probe(data, feats, hook, ridge, control=None, shuffle=False, seed=0):
     """One row of the belief table. feats(seqs, pos) -> (n, D) features at those rows."""
     fit, ev = _fit_rows(data), _heldout_rows(data)
     S = data.beliefs.shape[-1]
@@ -314,7 +314,7 @@ def _belief_probe(data, feats, hook, ridge, control=None, shuffle=False, seed=0)
     return row, (W, b)
 
 
-def _acts_feats(data, acts, hook):
+def acts_features(data, acts, hook):
     hooks = data.hooks
     if hook == CONCAT:
         return lambda s, p: np.concatenate([acts[h][s, p] for h in hooks], axis=-1).astype(np.float64)
@@ -327,30 +327,30 @@ def belief_recovery(proc, data: EvalData, control=None, ridge="auto", seed=0):
     rows, fits = [], {}
     hooks = list(data.hooks) + ([CONCAT] if len(data.hooks) > 1 else [])
     for h in hooks:
-        row, fits[h] = _belief_probe(data, _acts_feats(data, data.acts, h), h, ridge, seed=seed)
+        row, fits[h] = belief_probe(data, acts_features(data, data.acts, h), h, ridge, seed=seed)
         rows.append(row)
     if control is not None:
         cdata, cacts = control
         for h in hooks:
             if h == CONCAT or h in cacts:
-                rows.append(_belief_probe(cdata, _acts_feats(cdata, cacts, h), h, ridge,
+                rows.append(belief_probe(cdata, acts_features(cdata, cacts, h), h, ridge,
                                           control="random_init", seed=seed)[0])
     h = final_hook(data.hooks)                                       # where the published control was run
-    rows.append(_belief_probe(data, _acts_feats(data, data.acts, h), h, ridge, control="shuffled_labels",
+    rows.append(belief_probe(data, acts_features(data, data.acts, h), h, ridge, control="shuffled_labels",
                               shuffle=True, seed=seed)[0])
-    row, fits["next_token_output"] = _belief_probe(data, lambda s, p: data.probs[s, p], "next_token_output", ridge,
+    row, fits["next_token_output"] = belief_probe(data, lambda s, p: data.probs[s, p], "next_token_output", ridge,
                                                    control="model_output", seed=seed)
     row["label"] = "the model's next-token probabilities"
     rows.append(row)
     bayes = lambda s, p: B.next_token_probs(proc, data.beliefs[s, p])  # noqa: E731
-    row, _ = _belief_probe(data, bayes, "bayes_next_token", ridge, control="bayes_output", seed=seed)
+    row, _ = belief_probe(data, bayes, "bayes_next_token", ridge, control="bayes_output", seed=seed)
     row["label"] = "exact Bayes next-token probabilities"
     rows.append(row)
     return rows, fits
 
 
 def _probed(data, hook, fit, seqs, pos):  # (n, S) probed beliefs at the given rows
-    feats = (lambda s, p: data.probs[s, p]) if hook == "next_token_output" else _acts_feats(data, data.acts, hook)
+    feats = (lambda s, p: data.probs[s, p]) if hook == "next_token_output" else acts_features(data, data.acts, hook)
     return probes.predict_affine(feats(seqs, pos), *fit)
 
 
@@ -417,8 +417,8 @@ def kstep_accuracy(model, proc, data: EvalData, hook, belief_fit, horizon, tree=
     eval_seq = data.eval_seq
     if data.kind == "sampled" and len(eval_seq) > KSTEP_MAX_SEQUENCES:
         eval_seq = np.sort(rng.choice(eval_seq, KSTEP_MAX_SEQUENCES, replace=False))
-    feats = _acts_feats(data, data.acts, hook)
-    fit_feats = _acts_feats(fit_data, fit_data.acts, hook)
+    feats = acts_features(data, data.acts, hook)
+    fit_feats = acts_features(fit_data, fit_data.acts, hook)
     rows = []
     for k in range(1, horizon + 1):
         n_pos = T - k                                                # positions p whose token p + k is in the window
@@ -464,12 +464,6 @@ def kstep_accuracy(model, proc, data: EvalData, hook, belief_fit, horizon, tree=
             "kl_bits": probes.kl_bits(Pstar, Q, w), "probe_kl_bits": probes.kl_bits(Pstar, Qp, w),
         })
     return rows
-
-
-def _features_at(data, hook, seqs, pos):  # (n, D) float64 activations at rows (seq, pos)
-    if hook == CONCAT:
-        return np.concatenate([data.acts[h][seqs, pos] for h in data.hooks], axis=-1).astype(np.float64)
-    return data.acts[hook][seqs, pos].astype(np.float64)
 
 
 # ----------------------------------------------------------------------------------------------------------

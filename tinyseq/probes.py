@@ -16,13 +16,12 @@ writing it twice. `w=None` means uniform.
 Contents, in pipeline order:
     fit_affine / predict_affine              affine least-squares probe, optional ridge (intercept free)
     r2_score / mse / mse_by_coordinate / rmse
-    split_sequences / ridge_grid / choose_ridge_cv / probe_belief
-                                             20%/80% split by sequence, ridge by k-fold CV, shuffled control
+    split_sequences / ridge_grid / choose_ridge_cv
+                                             20%/80% split by sequence, ridge by k-fold CV
     pairwise_distance_r2                     do probed distances follow belief or next-token distances?
     softmax_loss_grad / fit_logistic / predict_proba
                                              multinomial logistic regression (L-BFGS) for the k-step probe
     expected_accuracy / bayes_expected_accuracy / constant_baseline_accuracy / kl_bits / fraction_of_gain
-    kstep_dataset / probe_kstep              hidden state at position p -> token k steps ahead
     rollout_kstep                            the model's own k-step marginal by chaining its next-token output
 """
 from __future__ import annotations
@@ -224,65 +223,6 @@ def choose_ridge_cv(X, Y, groups, w=None, grid=None, n_folds=5, seed=0):
             sse[i] += w[te] @ _sq_err(Y[te], X[te] @ W + b)
     cv_mse = sse / Y.shape[1]
     return float(grid[int(np.argmin(cv_mse))]), cv_mse
-
-
-def probe_belief(acts, beliefs, seq_weights=None, ridge=0.0, frac_fit=0.2, seed=0, n_folds=5,
-                 shuffle_labels=False, grid=None, return_fit=False):
-    # (NSEQ, T, D), (NSEQ, T, S), (NSEQ,) or None -> row dict [, fit dict]
-    """Affine probe from activations to beliefs, fitted on a split by sequence, scored on the held-out part.
-
-    acts (NSEQ, T, D): one hook's activations; beliefs (NSEQ, T, S): the exact belief after each position;
-    seq_weights (NSEQ,): e.g. sequence probabilities when all sequences are enumerated (each sequence's weight
-    goes to all its T rows). ridge: a float, or 'auto' to choose it by `n_folds`-fold CV over `grid` inside
-    the fit set only. shuffle_labels: the control — fit-set target rows are permuted across (sequence,
-    position) before fitting, evaluation uses the true targets; a probe that reads the belief scores ~0
-    (its held-out R^2 fluctuates by about 2 / sqrt(n_fit) around 0: fitted noise correlates by chance).
-
-    Returns dict(r2, mse, rmse, ridge, n_fit, n_eval, n_fit_seq, n_eval_seq, protocol) with n_fit / n_eval
-    counted in rows (sequence x position); with return_fit=True also dict(W, b, fit_seq, eval_seq, cv_mse).
-    """
-    acts = np.asarray(acts)
-    beliefs = np.asarray(beliefs, dtype=np.float64)
-    if acts.ndim != 3 or beliefs.ndim != 3 or acts.shape[:2] != beliefs.shape[:2]:
-        raise TinyseqError(f"probe_belief needs acts (NSEQ, T, D) and beliefs (NSEQ, T, S) with the same NSEQ, T;"
-                           f" got {acts.shape} and {beliefs.shape}")
-    n_seq, T, D = acts.shape
-    S = beliefs.shape[2]
-    sw = np.ones(n_seq) if seq_weights is None else np.asarray(seq_weights, dtype=np.float64)
-    fit_seq, eval_seq = split_sequences(n_seq, frac_fit, seed)
-
-    X_fit = acts[fit_seq].reshape(-1, D)  # (n_fit, D)
-    Y_fit = beliefs[fit_seq].reshape(-1, S)  # (n_fit, S)
-    w_fit = np.repeat(sw[fit_seq], T)  # (n_fit,)
-    groups = np.repeat(np.arange(len(fit_seq)), T)  # (n_fit,) sequence id of each fit row
-    if shuffle_labels:
-        Y_fit = Y_fit[np.random.default_rng((seed, 2)).permutation(len(Y_fit))]
-
-    cv_mse = None
-    if isinstance(ridge, str):
-        if ridge != "auto":
-            raise TinyseqError(f"ridge must be a number >= 0 or 'auto', got {ridge!r}")
-        grid = ridge_grid() if grid is None else grid
-        ridge, cv_mse = choose_ridge_cv(X_fit, Y_fit, groups, w_fit, grid, n_folds, seed)
-    W, b = fit_affine(X_fit, Y_fit, w_fit, ridge)
-
-    X_ev = acts[eval_seq].reshape(-1, D)
-    Y_ev = beliefs[eval_seq].reshape(-1, S)
-    w_ev = np.repeat(sw[eval_seq], T)
-    Yhat = predict_affine(X_ev, W, b)
-    m = mse(Y_ev, Yhat, w_ev)
-    split = ("in-sample (fit = eval = all sequences)" if frac_fit == 1.0
-             else f"fit {len(fit_seq)} / eval {len(eval_seq)} sequences x {T} positions (split by sequence,"
-                  f" seed {seed})")
-    protocol = (f"affine probe; {split}; {'probability' if seq_weights is not None else 'uniformly'} weighted;"
-                f" ridge {ridge:g}" + (f" by {n_folds}-fold CV in the fit set" if cv_mse is not None else "")
-                + ("; CONTROL: shuffled labels" if shuffle_labels else ""))
-    row = dict(r2=r2_score(Y_ev, Yhat, w_ev), mse=m, rmse=math.sqrt(m), ridge=float(ridge),
-               n_fit=len(X_fit), n_eval=len(X_ev), n_fit_seq=len(fit_seq), n_eval_seq=len(eval_seq),
-               protocol=protocol)
-    if return_fit:
-        return row, dict(W=W, b=b, fit_seq=fit_seq, eval_seq=eval_seq, cv_mse=cv_mse)
-    return row
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -519,58 +459,6 @@ def fraction_of_gain(acc, baseline, bayes, if_no_gain=float("nan")):  # floats -
     the fraction is undefined and `if_no_gain` (NaN by default) is returned."""
     gain = bayes - baseline
     return float((acc - baseline) / gain) if abs(gain) >= 1e-12 else if_no_gain
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the k-step probe: hidden state at position p -> token at position p + k
-def kstep_dataset(acts, tokens, k, seq_weights=None):
-    # (NSEQ, T, D), (NSEQ, T) int, int, (NSEQ,) -> X (N, D), y (N,), w (N,), seq (N,), pos (N,)
-    """Rows pairing the activation at 0-based position p (which has seen tokens[:, :p+1]) with the token
-    k steps later, tokens[:, p + k], for p = 0 .. T-1-k. k = 1 is the next token; the exact target
-    distribution for that row is P*(x_{t+k} | x_1..t) with t = p + 1 tokens seen."""
-    acts = np.asarray(acts)
-    tokens = np.asarray(tokens)
-    n_seq, T, D = acts.shape
-    if tokens.shape != (n_seq, T):
-        raise TinyseqError(f"tokens must be (NSEQ, T) = {(n_seq, T)}, got {tokens.shape}")
-    if not 1 <= k < T:
-        raise TinyseqError(f"k must be in 1..{T - 1} for sequences of length {T}, got {k}")
-    P = T - k
-    X = acts[:, :P].reshape(-1, D)
-    y = tokens[:, k:].reshape(-1)
-    sw = np.ones(n_seq) if seq_weights is None else np.asarray(seq_weights, dtype=np.float64)
-    w = np.repeat(sw, P)
-    seq = np.repeat(np.arange(n_seq), P)
-    pos = np.tile(np.arange(P), n_seq)
-    return X, y, w, seq, pos
-
-
-def probe_kstep(acts, tokens, pstar, k, V, seq_weights=None, l2=1e-4, frac_fit=0.2, seed=0, max_iter=500):
-    # (NSEQ, T, D), (NSEQ, T) int, (NSEQ, T or T-k, V), ... -> row dict
-    """Logistic probe from the activation at position p to the token at p + k, scored against the exact P*.
-
-    pstar[n, p] = P*(tokens[n, p + k] | tokens[n, :p+1]) (only p = 0..T-1-k are used; pass shape
-    (NSEQ, T, V) or (NSEQ, T-k, V)). Fitted on sampled labels of `frac_fit` of the sequences (weighted by
-    seq_weights), evaluated on the rest: acc = expected accuracy of the probe's argmax under P*, bayes =
-    best possible, baseline = best constant symbol, gain = fraction_of_gain, kl_bits = KL(P* || probe).
-    """
-    X, y, w, seq, _ = kstep_dataset(acts, tokens, k, seq_weights)
-    n_seq, T = np.asarray(tokens).shape
-    pstar = np.asarray(pstar, dtype=np.float64)
-    if pstar.shape not in ((n_seq, T, V), (n_seq, T - k, V)):
-        raise TinyseqError(f"pstar must be (NSEQ, T, V) or (NSEQ, T-k, V); got {pstar.shape}")
-    Ps = pstar[:, :T - k].reshape(-1, V)  # (N, V) aligned with the rows of kstep_dataset
-    fit_seq, eval_seq = split_sequences(n_seq, frac_fit, seed)
-    fit, ev = np.isin(seq, fit_seq), np.isin(seq, eval_seq)
-    W, b = fit_logistic(X[fit], y[fit], V, w[fit], l2=l2, max_iter=max_iter)
-    Q = predict_proba(X[ev], W, b)
-    acc = expected_accuracy(Q.argmax(axis=1), Ps[ev], w[ev])
-    bayes = bayes_expected_accuracy(Ps[ev], w[ev])
-    base = constant_baseline_accuracy(Ps[ev], w[ev])
-    protocol = (f"logistic probe p -> p+{k}; fit {len(fit_seq)} / eval {len(eval_seq)} sequences (split by"
-                f" sequence, seed {seed}); l2 {l2:g}; scored against exact P*")
-    return dict(k=k, acc=acc, bayes=bayes, baseline=base, gain=fraction_of_gain(acc, base, bayes),
-                kl_bits=kl_bits(Ps[ev], Q, w[ev]), n_fit=int(fit.sum()), n_eval=int(ev.sum()), protocol=protocol)
 
 
 # ----------------------------------------------------------------------------------------------------------
