@@ -13,8 +13,8 @@ from tinyseq import checkpoint
 from tinyseq.errors import TinyseqError
 from tinyseq.models import build_model
 from tinyseq.processes import parse_process
-from tinyseq.train import (TrainConfig, TrainingDiverged, adamw_step, adamw_step_numba, clip_grad_norm, load_run,
-                           lr_at, train)
+from tinyseq.optim import adamw_step, adamw_step_numba, clip_grad_norm, lr_at
+from tinyseq.train import TrainConfig, TrainingDiverged, load_run, train
 
 TINY = {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_head": 8, "d_mlp": 32, "n_ctx": 4}
 

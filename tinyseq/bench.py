@@ -111,7 +111,7 @@ class TinyseqRunner:
 
     def __init__(self, kind: Kind, cfg, backend: str, batch: int, seed: int = 0):
         from tinyseq.objectives import Objective
-        from tinyseq.train import adamw_step, adamw_step_numba
+        from tinyseq.optim import adamw_step, adamw_step_numba
 
         self.model = kind.build(cfg, backend)
         self.update = adamw_step_numba if backend == "numba" else adamw_step

@@ -6,6 +6,9 @@ evaluation that puts the loss of every context position next to its Bayes floor 
     loss    = mean CE(logits, tokens[:, 1:])                 position t predicts x_{t+1}: floor h(t+1)
     grad    -> clip by global norm -> AdamW(lr(step))        one loop each over the flat buffers
 
+Read `train_step` first: those lines, on one screen. `train` wraps it in the budget (steps, tokens or time),
+the schedule, evaluation, checkpoints, resume and Ctrl-C. The optimiser and schedule are in tinyseq/optim.py.
+
 Objectives (tinyseq/objectives.py): --objective mtp:N samples n_ctx + N tokens and adds heads 2..N predicting
 x_{t+2}..x_{t+N} to the loss (weighted by --mtp-weights); --myopia M changes only the backward. The evaluation
 below is always head 1 against the next-token floor, so runs with different objectives compare directly.
@@ -30,10 +33,13 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from tinyseq.errors import TinyseqError
+from tinyseq.models import model_kind
 from tinyseq.nn.ops import log_softmax
+from tinyseq.objectives import check_heads, objective_backward, objective_forward, objective_from
+from tinyseq.optim import adamw_step, adamw_step_numba, clip_grad_norm, lr_at
+from tinyseq.processes import sample
 
 SCHEDULES = ("cosine", "constant")
 # Measured on mess3 (2 shared cores, batch 256, cosine to zero, float32): the default transformer reaches
@@ -232,56 +238,6 @@ def check_memory(model_config, config: TrainConfig) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# AdamW over the flat buffers (PyTorch's torch.optim.AdamW, step by step)
-def adamw_step(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
-    # (P,) params, (P,) grad, (P,) m, (P,) v, t = 1-based step count; updates p, m, v in place
-    m *= beta1
-    m += (1 - beta1) * g                       # m = beta1 m + (1 - beta1) g       first moment
-    v *= beta2
-    v += (1 - beta2) * (g * g)                 # v = beta2 v + (1 - beta2) g^2     second moment
-    bc1 = 1 - beta1 ** t                       # bias corrections: m and v start at 0, so early
-    bc2 = 1 - beta2 ** t                       # averages are too small by these factors
-    p *= 1 - lr * weight_decay                 # decoupled weight decay: shrink p, not the gradient
-    p -= (lr / bc1) * m / (np.sqrt(v) / math.sqrt(bc2) + eps)
-
-
-@njit(cache=True)
-def _adamw_kernel(p, g, m, v, step_size, beta1, beta2, eps, decay, sqrt_bc2, one):
-    # every scalar arrives in p's dtype: a Python float would promote float32 arithmetic to float64
-    for i in range(p.size):
-        m[i] = beta1 * m[i] + (one - beta1) * g[i]
-        v[i] = beta2 * v[i] + (one - beta2) * g[i] * g[i]
-        p[i] = p[i] * decay - step_size * m[i] / (np.sqrt(v[i]) / sqrt_bc2 + eps)
-
-
-def adamw_step_numba(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
-    """Numba twin of adamw_step: one pass over the buffers instead of a dozen."""
-    dt = p.dtype.type
-    bc1, bc2 = 1 - beta1 ** t, 1 - beta2 ** t
-    _adamw_kernel(p, g, m, v, dt(lr / bc1), dt(beta1), dt(beta2), dt(eps), dt(1 - lr * weight_decay),
-                  dt(math.sqrt(bc2)), dt(1))
-
-
-def clip_grad_norm(g, max_norm: float) -> float:
-    """Scale the flat gradient in place so its global L2 norm is at most max_norm (0: no clipping).
-    Returns the norm before clipping (NaN or inf when the gradient is)."""
-    norm = math.sqrt(float(np.dot(g.astype(np.float64, copy=False), g.astype(np.float64, copy=False))))
-    if max_norm > 0 and norm > max_norm:
-        g *= g.dtype.type(max_norm / (norm + 1e-6))  # PyTorch's clip_grad_norm_ coefficient
-    return norm
-
-
-def lr_at(config: TrainConfig, step: int, progress: float) -> float:
-    """Learning rate of update number `step` (0-based) when `progress` (0..1) of the budget is used up:
-    linear warmup over the first `warmup` steps, times 0.5 (1 + cos(pi progress)) for the cosine schedule,
-    so the rate reaches exactly 0 as the budget runs out (for a time budget, progress is elapsed / budget)."""
-    warm = min(1.0, (step + 1) / config.warmup) if config.warmup > 0 else 1.0
-    if config.schedule == "constant":
-        return config.lr * warm
-    return config.lr * warm * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-
-
-# ----------------------------------------------------------------------------------------------------------
 # evaluation against the Bayes floor
 @dataclass
 class EvalSet:
@@ -353,6 +309,8 @@ class TrainState:
     adam_v: np.ndarray | None = None  # (P,) AdamW second moment
     finished: bool = False
     last_eval: dict | None = None
+    in_update: bool = False          # inside AdamW's in-place update (a Ctrl-C there must not be saved)
+    last_dt: float = 0.0             # seconds of the last training step
 
     def to_meta(self, with_clock: bool) -> dict:
         """What a checkpoint keeps. The wall clock goes in only when the budget is time (a --time run resumes
@@ -435,6 +393,32 @@ class _StopFlag:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# one training step, on one screen (min-char-rnn style); train() below keeps budgets, resume, Ctrl-C and
+# evaluation around it
+class NotFinite(Exception):
+    """A loss or gradient norm that is NaN or infinite (train() turns it into one TrainingDiverged line)."""
+
+
+def train_step(model, process, objective, config, state, rng, lr, update) -> tuple:
+    """sample -> forward -> loss -> backward -> clip -> AdamW.  -> (objective loss, [loss of each head], grad norm)"""
+    P = model.params
+    # N = objective.heads targets per position: x_{t+1}..x_{t+N} (ntp: N = 1)
+    tokens = sample(process, config.batch, model.config.n_ctx + objective.heads, rng)  # (B, n_ctx + N)
+    loss, head_losses, saved = objective_forward(model, tokens, objective, model.ops)  # forward + loss
+    if not math.isfinite(loss):
+        raise NotFinite("the training loss", loss)
+    P.zero_grad()
+    objective_backward(model, saved, objective, model.ops)      # backward, with the objective's myopia if any
+    grad_norm = clip_grad_norm(P.grad, config.clip)            # (P,) scaled in place to norm <= clip
+    if not math.isfinite(grad_norm):
+        raise NotFinite("the gradient norm", grad_norm)
+    state.in_update = True      # until train() counts the step, params and moments may be half-written
+    update(P.data, P.grad, state.adam_m, state.adam_v, state.step + 1, lr, *config.betas, config.eps,
+           config.weight_decay)                                 # AdamW, in place
+    return loss, head_losses, grad_norm
+
+
+# ----------------------------------------------------------------------------------------------------------
 def train(process, model, config: TrainConfig, out: str | None = None, callback=None,
           state: TrainState | None = None) -> dict:
     """Train `model` on batches sampled from `process` until the budget is spent; return the summary dict.
@@ -445,139 +429,153 @@ def train(process, model, config: TrainConfig, out: str | None = None, callback=
     Ctrl-C stops after the current step, saves a checkpoint and returns with status "interrupted".
     A NaN/inf loss or gradient raises TrainingDiverged (the last good checkpoint stays on disk).
     """
-    from tinyseq.models import model_kind
-    from tinyseq.nn import ops as numpy_ops
-    from tinyseq.objectives import check_heads, objective_backward, objective_forward, objective_from
-    from tinyseq.processes import sample
+    run = _Run(process, model, config, out, callback, state)
+    # overflow in a diverging step is detected (loss / gradient norm not finite) and reported in one line,
+    # so NumPy's own RuntimeWarnings would only add noise
+    with _StopFlag() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        try:
+            status = run.loop(stop)
+        except KeyboardInterrupt:
+            # a second Ctrl-C (or one raised by the callback): the state is that of the last completed step,
+            # unless the interrupt landed inside the update; then keep the last checkpoint on disk instead
+            status = "interrupted"
+    return run.finish(status)
 
+
+class _Run:
+    """One call of train(): the model, its run state, the budget, and the checkpoint on disk."""
+
+    def __init__(self, process, model, config, out, callback, state):
+        self.config, self.objective = _check_run(process, model, config)
+        self.process, self.model, self.emit = process, model, callback or (lambda event: None)
+        apply_threads(config.threads)
+        self.ckpt_path = _output_path(out)
+        self.out = out
+        self.state = _start_state(state, model)
+        self.rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(1,)))
+        if self.state.rng is not None:
+            self.rng.bit_generator.state = self.state.rng
+        self.total = self.config.total_steps(model.config.n_ctx)
+        if self.total is not None and self.state.step >= self.total:
+            raise TinyseqError(f"this run already has {self.state.step} of its {self.total} steps; nothing to resume")
+        self.update = adamw_step_numba if self.config.backend == "numba" else adamw_step
+        self.per_step = self.config.batch * model.config.n_ctx
+        self.ev = make_eval_set(process, model.config.n_ctx, self.config.eval_sequences, self.config.eval_seed)
+        self.emit({"event": "start", "step": self.state.step, "steps": self.total, "time": self.config.time,
+                   "params": model.params.size, "tokens_per_step": self.per_step,
+                   "floor_nats": float(self.ev.floors.mean()), "kind": model_kind(model),
+                   "checkpoint": self.ckpt_path, "objective": self.objective.to_dict()})
+        # the checkpoint a resumed run started from is good; a fresh run has none of its own yet
+        resumed = self.ckpt_path and self.state.step > 0 and os.path.exists(self.ckpt_path)
+        self.last_ckpt_step = self.state.step if resumed else None
+        self.t_start = time.perf_counter() - self.state.seconds   # this run's wall clock, continued on resume
+
+    def loop(self, stop) -> str:
+        state, config = self.state, self.config
+        while True:
+            elapsed = time.perf_counter() - self.t_start
+            if (self.total is not None and state.step >= self.total) or (config.time is not None
+                                                                         and elapsed >= config.time):
+                return "finished"
+            if stop.requested:
+                return "interrupted"
+            progress = state.step / self.total if self.total is not None else elapsed / config.time
+            lr = lr_at(config, state.step, progress)
+            t0 = time.perf_counter()
+            try:
+                loss, head_losses, grad_norm = train_step(self.model, self.process, self.objective, config,
+                                                          state, self.rng, lr, self.update)
+            except NotFinite as e:
+                self.diverged(*e.args, lr)
+            self.count_step(time.perf_counter() - t0)
+            self.emit({"event": "step", "step": state.step, "steps": self.total, "time": config.time,
+                       "tokens": state.tokens, "seconds": state.seconds, "tokens_per_s": self.per_step / state.last_dt,
+                       "loss": head_losses[0], "objective_loss": float(loss), "head_losses": head_losses,
+                       "lr": lr, "grad_norm": grad_norm,
+                       "progress": state.step / self.total if self.total else min(1.0, state.seconds / config.time)})
+            if config.eval_every and state.step % config.eval_every == 0:
+                self.run_eval()
+            if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                state.seconds = time.perf_counter() - self.t_start
+                self.checkpoint()
+
+    def count_step(self, dt) -> None:
+        state = self.state
+        state.step += 1
+        state.tokens += self.per_step
+        state.rng = self.rng.bit_generator.state
+        state.in_update = False                       # params, moments, rng and step belong to one step again
+        state.last_dt = dt
+        state.step_seconds += dt
+        state.session_step_seconds += dt
+        state.session_tokens += self.per_step
+        state.seconds = time.perf_counter() - self.t_start
+
+    def checkpoint(self) -> None:
+        if self.ckpt_path:
+            save_run(self.ckpt_path, self.model, self.process, self.config, self.state)
+            self.last_ckpt_step = self.state.step
+            self.emit({"event": "checkpoint", "step": self.state.step, "path": self.ckpt_path})
+
+    def run_eval(self) -> None:
+        self.state.last_eval = {"step": self.state.step, **evaluate(self.model, self.ev)}
+        self.emit({"event": "eval", **self.state.last_eval})
+
+    def diverged(self, what, value, lr):
+        where = (f"the last good checkpoint is {self.ckpt_path} (step {self.last_ckpt_step})"
+                 if self.last_ckpt_step is not None else "no checkpoint was written")
+        raise TrainingDiverged(f"{what} became {value} at step {self.state.step + 1} (lr {lr:.3g}): training "
+                               f"stopped, {where}; try a smaller --lr (now {self.config.lr:g}) or --clip")
+
+    def finish(self, status) -> dict:
+        state = self.state
+        state.seconds = time.perf_counter() - self.t_start
+        if status == "finished" and (state.last_eval is None or state.last_eval["step"] != state.step):
+            self.run_eval()
+        state.finished = status == "finished"
+        ckpt_path = self.ckpt_path
+        if not state.in_update and (state.step > 0 or status == "finished"):
+            self.checkpoint()
+        elif state.in_update:
+            ckpt_path = ckpt_path if self.last_ckpt_step is not None else None
+        summary = make_summary(self.process, self.model, self.config, state, status, ckpt_path)
+        if self.out:
+            write_summary(os.path.join(self.out, "summary.json"), summary)
+        self.emit({"event": "end", **summary})
+        return summary
+
+
+def _check_run(process, model, config):  # -> (config with its learning rate, Objective)
     config.validate()
     check_memory(model.config, config)
     objective = objective_from(config)
     check_heads(objective, model)
     if config.lr is None:                            # the measured best rate for this kind of model
         config = dataclasses.replace(config, lr=DEFAULT_LR[model_kind(model)])
-    emit = callback or (lambda event: None)
-    n_ctx = model.config.n_ctx
-    P = model.params
     if model.config.d_vocab != process.vocab:
         raise TinyseqError(f"the model has {model.config.d_vocab} token values but {process.label} has "
                            f"{process.vocab}: build the model for this process")
-    apply_threads(config.threads)
-    if out:
-        try:
-            os.makedirs(out, exist_ok=True)
-        except OSError as e:
-            raise TinyseqError(f"cannot create the output directory {out}: {e.strerror or e}") from None
-    ckpt_path = os.path.join(out, "model.npz") if out else None
+    return config, objective
+
+
+def _output_path(out) -> str | None:  # out/model.npz, creating out; None when the run stays in memory
+    if not out:
+        return None
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise TinyseqError(f"cannot create the output directory {out}: {e.strerror or e}") from None
+    return os.path.join(out, "model.npz")
+
+
+def _start_state(state, model) -> TrainState:  # a new state, or a resumed one that still has budget
     state = state or TrainState()
     if state.finished:
         raise TinyseqError(f"this run already finished its budget ({state.step} steps); nothing to resume: "
                            f"start a new run with another --out")
     if state.adam_m is None:
-        state.adam_m, state.adam_v = np.zeros_like(P.data), np.zeros_like(P.data)
-    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(1,)))
-    if state.rng is not None:
-        rng.bit_generator.state = state.rng
-    total = config.total_steps(n_ctx)
-    if total is not None and state.step >= total:
-        raise TinyseqError(f"this run already has {state.step} of its {total} steps; nothing to resume")
-    update = adamw_step_numba if config.backend == "numba" else adamw_step
-    ops = getattr(model, "ops", numpy_ops)           # the model's cross-entropy twin when it has one
-    beta1, beta2 = config.betas
-    per_step = config.batch * n_ctx
-
-    ev = make_eval_set(process, n_ctx, config.eval_sequences, config.eval_seed)
-    emit({"event": "start", "step": state.step, "steps": total, "time": config.time, "params": P.size,
-          "tokens_per_step": per_step, "floor_nats": float(ev.floors.mean()), "kind": model_kind(model),
-          "checkpoint": ckpt_path, "objective": objective.to_dict()})
-    # the checkpoint a resumed run started from is good; a fresh run has none of its own yet
-    last_ckpt_step = state.step if (ckpt_path and state.step > 0 and os.path.exists(ckpt_path)) else None
-
-    def checkpoint():
-        nonlocal last_ckpt_step
-        if ckpt_path:
-            save_run(ckpt_path, model, process, config, state)
-            last_ckpt_step = state.step
-            emit({"event": "checkpoint", "step": state.step, "path": ckpt_path})
-
-    def run_eval():
-        state.last_eval = {"step": state.step, **evaluate(model, ev)}
-        emit({"event": "eval", **state.last_eval})
-
-    def diverged(what, value, lr):
-        where = (f"the last good checkpoint is {ckpt_path} (step {last_ckpt_step})" if last_ckpt_step is not None
-                 else "no checkpoint was written")
-        raise TrainingDiverged(f"{what} became {value} at step {state.step + 1} (lr {lr:.3g}): training stopped, "
-                               f"{where}; try a smaller --lr (now {config.lr:g}) or --clip")
-
-    status = "finished"
-    consistent = True                               # params, moments, rng and step all belong to one step
-    t_start = time.perf_counter() - state.seconds   # wall clock of this run, continued across a resume
-    # overflow in a diverging step is detected (loss / gradient norm not finite) and reported in one line,
-    # so NumPy's own RuntimeWarnings would only add noise
-    with _StopFlag() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        try:
-            while True:
-                elapsed = time.perf_counter() - t_start
-                if total is not None and state.step >= total:
-                    break
-                if config.time is not None and elapsed >= config.time:
-                    break
-                if stop.requested:
-                    status = "interrupted"
-                    break
-                progress = state.step / total if total is not None else elapsed / config.time
-                lr = lr_at(config, state.step, progress)
-                t0 = time.perf_counter()
-                # N = objective.heads targets per position: x_{t+1}..x_{t+N} (ntp: N = 1)
-                tokens = sample(process, config.batch, n_ctx + objective.heads, rng)  # (B, n_ctx + N)
-                loss, head_losses, saved = objective_forward(model, tokens, objective, ops)
-                if not math.isfinite(loss):
-                    diverged("the training loss", loss, lr)
-                P.zero_grad()
-                objective_backward(model, saved, objective, ops)      # with the objective's myopia, if any
-                grad_norm = clip_grad_norm(P.grad, config.clip)
-                if not math.isfinite(grad_norm):
-                    diverged("the gradient norm", grad_norm, lr)
-                consistent = False
-                update(P.data, P.grad, state.adam_m, state.adam_v, state.step + 1, lr, beta1, beta2,
-                       config.eps, config.weight_decay)
-                state.step += 1
-                state.tokens += per_step
-                state.rng = rng.bit_generator.state
-                consistent = True
-                dt = time.perf_counter() - t0
-                state.step_seconds += dt
-                state.session_step_seconds += dt
-                state.session_tokens += per_step
-                state.seconds = time.perf_counter() - t_start
-                emit({"event": "step", "step": state.step, "steps": total, "time": config.time,
-                      "tokens": state.tokens, "seconds": state.seconds, "tokens_per_s": per_step / dt,
-                      "loss": head_losses[0], "objective_loss": float(loss), "head_losses": head_losses,
-                      "lr": lr, "grad_norm": grad_norm,
-                      "progress": state.step / total if total else min(1.0, state.seconds / config.time)})
-                if config.eval_every and state.step % config.eval_every == 0:
-                    run_eval()
-                if config.checkpoint_every and state.step % config.checkpoint_every == 0:
-                    state.seconds = time.perf_counter() - t_start
-                    checkpoint()
-        except KeyboardInterrupt:
-            # a second Ctrl-C (or one raised by the callback): the state is that of the last completed step,
-            # unless the interrupt landed inside the update; then keep the last checkpoint on disk instead
-            status = "interrupted"
-    state.seconds = time.perf_counter() - t_start
-    if status == "finished" and (state.last_eval is None or state.last_eval["step"] != state.step):
-        run_eval()
-    state.finished = status == "finished"
-    if consistent and (state.step > 0 or status == "finished"):
-        checkpoint()
-    elif not consistent:
-        ckpt_path = ckpt_path if last_ckpt_step is not None else None
-    summary = make_summary(process, model, config, state, status, ckpt_path)
-    if out:
-        write_summary(os.path.join(out, "summary.json"), summary)
-    emit({"event": "end", **summary})
-    return summary
+        state.adam_m, state.adam_v = np.zeros_like(model.params.data), np.zeros_like(model.params.data)
+    return state
 
 
 def make_summary(process, model, config, state, status, ckpt_path) -> dict:
