@@ -453,7 +453,7 @@ def _print_analysis(a, png, as_json, extra=None, before=()):
         plot.simplex_png(png, true, probed, titles=("true beliefs", f"probed from {pic['label']}"))
         pic["png"] = png
     if as_json:
-        emit_json({**(extra or {}), **a})
+        emit_json({**(extra or {}), **report.describe(a)})
         return
     picture = plot.simplex_picture(true, probed, titles=("true beliefs", f"probed: {pic['label']}"))
     for text in before:

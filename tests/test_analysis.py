@@ -78,7 +78,7 @@ def test_noise_activations_give_r2_near_zero(mess3):
     assert rows[None]["r2"] > 1 - 1e-9
     assert abs(rows["random_init"]["r2"]) < 0.1
     assert abs(rows["shuffled_labels"]["r2"]) < 0.1
-    assert "weighted equally" in r["belief_set"]["description"]
+    assert "weighted equally" in report.describe(r)["belief_set"]["description"]
 
 
 def test_bayes_logits_chain_to_bayes(belief_result):
@@ -117,7 +117,7 @@ def test_json_has_the_promised_keys_and_is_strict(belief_result):
     assert {"hook", "r2", "mse", "rmse", "control"} <= set(d["belief_recovery"][0])
     assert {"k", "baseline_accuracy", "bayes_accuracy", "rollout_accuracy", "probe_accuracy",
             "belief_route_accuracy", "kl_bits"} <= set(d["kstep"][0])
-    assert d["eval_set"]["kind"] == "enumerated" and "exact probability" in d["eval_set"]["description"]
+    assert d["eval_set"]["kind"] == "enumerated" and "exact probability" in report.describe(d)["eval_set"]["description"]
 
 
 def test_report_prints_every_section(belief_result):
@@ -129,7 +129,7 @@ def test_report_prints_every_section(belief_result):
 
 def test_sampled_set_is_reported_and_rollouts_stay_exact(mess3):
     r = A.analyse(Stub(mess3, 6), mess3, horizon=2, eval_set="sample", n_sample=300, random_init=None)
-    assert r["eval_set"]["kind"] == "sampled" and "sampled" in r["eval_set"]["description"]
+    assert r["eval_set"]["kind"] == "sampled" and "sampled" in report.describe(r)["eval_set"]["description"]
     assert r["loss"]["floor_exact"] is False
     for row in r["kstep"]:
         assert row["rollout_accuracy"] == pytest.approx(row["bayes_accuracy"], abs=1e-9)
@@ -141,7 +141,10 @@ def test_rank_deficient_process_gets_distances_and_a_large_probe_set():
     r = A.analyse(Stub(rrxor, 6), rrxor, horizon=2, random_init=None, n_sample=500)
     assert r["eval_set"]["kind"] == "enumerated" and r["eval_set"]["n_sequences"] < 2 ** 6
     assert r["belief_set"]["kind"] == "sampled"            # too few enumerated rows for a probe
-    assert "sampled" in r["belief_protocol"] or "sampled" in r["belief_set"]["description"]
+    said = report.describe(r)
+    assert "on a large sampled set" in said["belief_protocol"]
+    assert "sampled from the process" in said["belief_set"]["description"]
+    assert "enumerated sequences give only" in said["belief_set"]["description"]
     assert r["distances"] is not None
     exact = next(d for d in r["distances"] if d["hook"] == "belief")
     assert exact["r2_true"] == pytest.approx(1.0, abs=1e-9)

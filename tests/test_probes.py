@@ -75,7 +75,7 @@ def belief_probe(acts, Y, ridge=0.0, shuffle=False):  # (NSEQ, T, D), (NSEQ, T, 
     n_seq, T, _ = acts.shape
     tokens = np.zeros((n_seq, T), dtype=np.int64)
     tokens[:, 0] = np.arange(n_seq)
-    data = A.EvalData("sampled", n_seq, tokens, np.ones(n_seq), Y, None, {"h": acts}, ["h"], "synthetic", 0.2, 0)
+    data = A.EvalData("sampled", n_seq, tokens, np.ones(n_seq), Y, None, {"h": acts}, ["h"], {}, 0.2, 0)
     row, _ = A.belief_probe(data, A.acts_features(data, data.acts, "h"), "h", ridge, shuffle=shuffle)
     return row
 

@@ -13,7 +13,12 @@
         picture           which hook the simplex picture shows (the points themselves with points=True)
     }
 
-Pure computation: nothing here prints. The model needs only .logits(tokens) (B, T) -> (B, T, V) and
+The stages, each a function a reader can call on its own from Python, in the order analyse() runs them:
+    check_options -> evaluation_set -> choose_belief_set -> random_init_control -> loss_vs_floor ->
+    belief_recovery (belief_probe per hook, then the controls) -> distances -> kstep_accuracy -> picture -> headline
+
+Pure computation: nothing here prints, and no sentence is written here: the result holds numbers and facts
+(e.g. eval_set.facts), and tinyseq/report.py says them in words (report.describe adds the sentences). The model needs only .logits(tokens) (B, T) -> (B, T, V) and
 .activations(tokens) -> {hook: (B, T, D)}; a model of context n_ctx reads tokens[:, :n_ctx], and position
 p = 0..n_ctx-1 has seen p + 1 tokens (its exact belief is beliefs.belief_states(...)[:, p]).
 
@@ -153,7 +158,7 @@ class EvalData:
     """Sequences (N, T), their weights (N,), exact beliefs (N, T, S), the model's next-token probabilities
     (N, T, V), activations {hook: (N, T, D)}, and the split into fit / held-out sequences."""
 
-    def __init__(self, kind, vocab, tokens, weights, beliefs, probs, acts, hooks, description, frac_fit, seed):
+    def __init__(self, kind, vocab, tokens, weights, beliefs, probs, acts, hooks, facts, frac_fit, seed):
         self.vocab = vocab
         self.kind = kind                  # "enumerated" or "sampled"
         self.tokens = tokens
@@ -162,7 +167,7 @@ class EvalData:
         self.probs = probs
         self.acts = acts
         self.hooks = hooks
-        self.description = description
+        self.facts = facts                # what the set is, as numbers (report.describe_set says it)
         self.fit_seq, self.eval_seq = probes.split_sequences(len(tokens), frac_fit, seed)
 
     @property
@@ -188,24 +193,25 @@ def enumerated_data(model, proc, n_ctx, frac_fit, seed):
     tokens, weights = B.enumerate_sequences(proc, n_ctx)
     idx = tree_index(tokens, V)
     acts = {h: a[idx] for h, a in tree_acts.items()}
-    desc = (f"all {len(tokens):,} possible sequences of length {n_ctx} (of {V}^{n_ctx} = {V ** n_ctx:,}), "
-            f"each weighted by its exact probability")
+    facts = {"kind": "enumerated", "n_sequences": len(tokens), "n_ctx": n_ctx, "vocab": V, "weighting": "probability"}
     data = EvalData("enumerated", V, tokens, weights, B.belief_states(proc, tokens), tree_probs[idx], acts, hooks,
-                    desc, frac_fit, seed)
+                    facts, frac_fit, seed)
     return data, tree_probs
 
 
-def sampled_data(model, proc, n_ctx, n_seq, frac_fit, seed, why=""):
-    """n_seq sequences sampled from the process (seeded; weighted equally, since they are drawn from P)."""
+def sampled_data(model, proc, n_ctx, n_seq, frac_fit, seed, why=None):
+    """n_seq sequences sampled from the process (seeded; weighted equally, since they are drawn from P).
+    why: a dict saying why the set is sampled (report.describe_set words it), or None."""
     from tinyseq.processes import sample
 
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(5,)))
     tokens = sample(proc, n_seq, n_ctx, rng)
     probs, acts, hooks = run_model(model, tokens)
     n_distinct = len(np.unique(tokens, axis=0))
-    desc = f"{n_seq:,} sequences of length {n_ctx} sampled from the process ({n_distinct:,} distinct){why}"
+    facts = {"kind": "sampled", "n_sequences": n_seq, "n_ctx": n_ctx, "vocab": proc.vocab,
+             "n_distinct": n_distinct, **(why or {})}
     return EvalData("sampled", proc.vocab, tokens, np.ones(n_seq), B.belief_states(proc, tokens), probs, acts,
-                    hooks, desc, frac_fit, seed)
+                    hooks, facts, frac_fit, seed)
 
 
 def activations_on(model, data: EvalData):
@@ -483,30 +489,11 @@ def _random_init(model, random_init, seed):
     return random_init
 
 
-def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set="auto", weighting="probability",
-            random_init="auto", n_ctx=None, n_sample=SAMPLE_SEQUENCES, frac_fit=0.2, ridge="auto",
-            kstep_hook="final", points=False) -> dict:
-    """Every table of `tinyseq probe`, as one JSON-able dict (see the module docstring for the keys).
-
-    horizon      largest k of the k-step table (default min(5, n_ctx - 1)); must be < n_ctx
-    eval_set     "auto": enumerate every sequence when vocab ** n_ctx <= ENUMERATE_MAX, else sample;
-                 "enumerate" or "sample" to force one
-    belief_set   "auto": probe beliefs on the evaluation set unless it is enumerated and too small for the
-                 probe width (fewer than ROWS_PER_FEATURE fit rows per dimension of the widest probe, e.g. rrxor's
-                 436 sequences): then on a large sampled set; "eval" or "sample" to force one
-    weighting    "probability": enumerated rows weighted by their exact probability; "uniform": every
-                 sequence equally (the published mess3 protocol)
-    random_init  "auto" (rebuild model.config with another seed), a model, a factory seed -> model, or None
-    ridge        "auto": 0 (plain least squares, as published) when the fit set has ROWS_PER_FEATURE rows per
-                 dimension, else chosen by 5-fold CV in the fit set; "auto" is per probe; or a number
-    kstep_hook   "final" (the last layer before any final LayerNorm) or "concat" (all hooks): the features of
-                 the logistic k-step probe and of the belief route
-    points       True: also return the picture's points as arrays (not JSON-able) under picture.true / .probed
-    """
-    t_start = time.perf_counter()
-    timings = {}
+# ----------------------------------------------------------------------------------------------------------
+# the stages of `tinyseq probe`, each callable on its own; analyse() at the end runs them in order
+def check_options(model, process, n_ctx, horizon, seed, frac_fit, **choices) -> tuple[int, int]:
+    """Every option analyse() takes, checked before any work: -> (n_ctx, horizon)."""
     n_ctx = model_context(model, n_ctx)
-    V = process.vocab
     if horizon is None:
         horizon = min(DEFAULT_HORIZON, n_ctx - 1)
     if not isinstance(horizon, (int, np.integer)) or isinstance(horizon, bool) or horizon < 1:
@@ -514,139 +501,190 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
     if horizon >= n_ctx:
         raise TinyseqError(f"horizon {horizon} needs {horizon + 1} tokens but the model's context is {n_ctx}: "
                            f"use a horizon of at most {n_ctx - 1}")
-    for name, value, allowed in (("eval_set", eval_set, ("auto", "enumerate", "sample")),
-                                 ("belief_set", belief_set, ("auto", "eval", "sample")),
-                                 ("weighting", weighting, ("probability", "uniform")),
-                                 ("kstep_hook", kstep_hook, ("final", "concat"))):
-        if value not in allowed:
-            raise TinyseqError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    allowed = {"eval_set": ("auto", "enumerate", "sample"), "belief_set": ("auto", "eval", "sample"),
+               "weighting": ("probability", "uniform"), "kstep_hook": ("final", "concat")}
+    for name, value in choices.items():
+        if value not in allowed[name]:
+            raise TinyseqError(f"{name} must be one of {', '.join(allowed[name])}, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise TinyseqError(f"seed must be a non-negative integer, got {seed!r}: e.g. --seed 0")
     if not 0 < frac_fit < 1:
         raise TinyseqError(f"frac_fit must be in (0, 1), got {frac_fit}")
-    probe_out = model.logits(np.zeros((1, n_ctx), dtype=np.int64))
-    if probe_out.shape[-1] != V:
-        raise TinyseqError(f"the model predicts {probe_out.shape[-1]} token values but {process.label} has {V}: "
+    V = model.logits(np.zeros((1, n_ctx), dtype=np.int64)).shape[-1]
+    if V != process.vocab:
+        raise TinyseqError(f"the model predicts {V} token values but {process.label} has {process.vocab}: "
                            f"probe it on the process it was trained on")
+    return n_ctx, int(horizon)
 
-    # --- the evaluation set ---------------------------------------------------------------------------------
+
+def evaluation_set(model, process, n_ctx, eval_set="auto", n_sample=SAMPLE_SEQUENCES, frac_fit=0.2, seed=0):
+    """Stage 1: every sequence of length n_ctx with its exact probability when there are at most ENUMERATE_MAX
+    (then also the model's next-token output after every prefix, for exact k-step rollouts), else a sample.
+    -> (EvalData, tree or None)"""
+    V = process.vocab
     enumerate_ = eval_set == "enumerate" or (eval_set == "auto" and V ** n_ctx <= ENUMERATE_MAX)
     if enumerate_ and V ** n_ctx > 20 * ENUMERATE_MAX:
         raise TinyseqError(f"{process.label} has {V}^{n_ctx} = {V ** n_ctx:,} sequences of length {n_ctx}: too "
                            f"many to enumerate; use the sampled evaluation set")
-    tree = None
-    t0 = time.perf_counter()
-    if enumerate_:
-        data, tree_probs = enumerated_data(model, process, n_ctx, frac_fit, seed)
-        tree = (tree_levels(tree_probs, V), tree_index(data.tokens, V))
-        del tree_probs
-    else:
-        data = sampled_data(model, process, n_ctx, n_sample, frac_fit, seed,
-                            why=f"; {V}^{n_ctx} = {V ** n_ctx:,} is too many to enumerate")
-    timings["forward"] = time.perf_counter() - t0
-    loss = loss_vs_floor(process, data)
+    if not enumerate_:
+        return sampled_data(model, process, n_ctx, n_sample, frac_fit, seed, why={"too_many": True}), None
+    data, tree_probs = enumerated_data(model, process, n_ctx, frac_fit, seed)
+    return data, (tree_levels(tree_probs, V), tree_index(data.tokens, V))
 
-    # --- belief recovery ------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
+
+def choose_belief_set(model, process, data, belief_set="auto", weighting="probability",
+                      n_sample=SAMPLE_SEQUENCES, frac_fit=0.2, seed=0):
+    """Stage 2: the sequences the belief probes are fitted and scored on: the evaluation set, or (when it is
+    enumerated and too small for the widest probe, e.g. rrxor's 436 sequences) a large sample of the process."""
+    n_ctx = data.tokens.shape[1]
     width = sum(data.acts[h].shape[-1] for h in data.hooks)
-    fit_rows = len(data.fit_seq) * n_ctx
-    need_rows = ROWS_PER_FEATURE * width
-    bdata = data
-    why_sampled = ""
+    fit_rows, need_rows = len(data.fit_seq) * n_ctx, ROWS_PER_FEATURE * width
     if belief_set == "sample" or (belief_set == "auto" and data.kind == "enumerated" and fit_rows < need_rows):
         n_big = max(n_sample, math.ceil(need_rows / (frac_fit * n_ctx)) + 1)
-        if data.kind == "enumerated":
-            why_sampled = (f"; the {len(data.tokens):,} enumerated sequences give only {fit_rows:,} fit rows for"
-                           f" a {width}-wide probe")
-        bdata = sampled_data(model, process, n_ctx, n_big, frac_fit, seed + 1, why=why_sampled)
+        why = ({"few_fit_rows": fit_rows, "enumerated": len(data.tokens), "probe_width": width}
+               if data.kind == "enumerated" else None)
+        bdata = sampled_data(model, process, n_ctx, n_big, frac_fit, seed + 1, why=why)
         if data.kind == "enumerated":
             seen = {tuple(s) for s in bdata.tokens[bdata.fit_seq]}
-            shared = np.mean([tuple(s) in seen for s in bdata.tokens[bdata.eval_seq]])
-            bdata.description += (f"; {100 * shared:.0f}% of held-out sequences also occur in the fit part"
-                                  f" (the process has only {len(data.tokens):,} distinct sequences)")
-    if bdata is data and data.kind == "enumerated" and weighting == "uniform":
-        bdata = _copy(data, weights=np.ones(len(data.tokens)), kind="enumerated (uniform)",
-                      description=data.description.replace("each weighted by its exact probability",
-                                                           "each weighted equally (the published protocol)"))
+            bdata.facts["shared_fraction"] = float(np.mean([tuple(s) in seen for s in bdata.tokens[bdata.eval_seq]]))
+            bdata.facts["distinct_sequences"] = len(data.tokens)
+        return bdata
+    if data.kind == "enumerated" and weighting == "uniform":
+        return _copy(data, weights=np.ones(len(data.tokens)), kind="enumerated (uniform)",
+                     facts={**data.facts, "weighting": "uniform"})
+    return data
+
+
+def random_init_control(model, bdata, random_init="auto", seed=0):
+    """Stage 3: the same architecture with fresh weights, on (a subset of) the belief-probe set:
+    -> (EvalData, {hook: (N, T, D)}) or None. A layer holds the belief only where it beats this control."""
     rmodel = _random_init(model, random_init, seed)
-    control = None
-    if rmodel is not None:
-        cdata = _subset(bdata, RANDOM_INIT_MAX_SEQUENCES, seed)
-        control_acts, control_hooks = activations_on(rmodel, cdata)
-        if list(control_hooks) != list(bdata.hooks) and len(control_hooks) == len(bdata.hooks):
-            control_acts = {h: control_acts[c] for h, c in zip(bdata.hooks, control_hooks)}  # pair by position
-        control = (cdata, control_acts)
-    timings["random_init_forward"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rows, fits = belief_recovery(process, bdata, control, ridge, seed)
-    n_control = len(control[0].tokens) if control else 0
-    del control
-    timings["belief_probes"] = time.perf_counter() - t0
-    widest = max((r for r in rows if r["control"] is None), key=lambda r: r["width"])
-    if bdata.tokens is not data.tokens and widest["n_fit_prefixes"] < ROWS_PER_FEATURE * widest["width"]:
-        bdata.description += (f"; its fit part holds only {widest['n_fit_prefixes']:,} distinct prefixes for the "
-                              f"{widest['width']}-wide probe, so held-out scores of wide probes are close to "
-                              f"in-sample ones")
-    ranks = B.observability_ranks(process)
+    if rmodel is None:
+        return None
+    cdata = _subset(bdata, RANDOM_INIT_MAX_SEQUENCES, seed)
+    acts, hooks = activations_on(rmodel, cdata)
+    if list(hooks) != list(bdata.hooks) and len(hooks) == len(bdata.hooks):
+        acts = {h: acts[c] for h, c in zip(bdata.hooks, hooks)}      # pair the hooks by position
+    return cdata, acts
 
-    # --- beyond the next token ------------------------------------------------------------------------------
-    dist = None
-    if ranks["next_token"] < process.n_states:
-        dist = distances(process, bdata, fits, seed)
 
-    # --- k steps ahead ----------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    khook = final_hook(data.hooks) if kstep_hook == "final" or len(data.hooks) == 1 else CONCAT
-    kfit = bdata if bdata.tokens is not data.tokens else data    # not the uniformly weighted copy: labels must follow P
-    kst = kstep_accuracy(model, process, data, khook, fits[khook], horizon, tree, seed, fit_data=kfit)
-    timings["kstep"] = time.perf_counter() - t0
-
-    # --- the picture ------------------------------------------------------------------------------------------
-    trained = [r for r in rows if r["control"] is None]
-    best = min(trained, key=lambda r: r["mse"])
+def picture(bdata, rows, fits, seed=0, points=False) -> dict:
+    """Stage 7: the simplex picture: held-out prefixes' exact beliefs and where the best probe puts them."""
+    best = min((r for r in rows if r["control"] is None), key=lambda r: r["mse"])
     ev = _heldout_rows(bdata)
     seqs, pos = ev.raw_seqs, ev.raw_pos
-    rng = np.random.default_rng((seed, 13))
     if len(seqs) > PICTURE_POINTS:
-        pick = np.sort(rng.choice(len(seqs), PICTURE_POINTS, replace=False))
+        pick = np.sort(np.random.default_rng((seed, 13)).choice(len(seqs), PICTURE_POINTS, replace=False))
         seqs, pos = seqs[pick], pos[pick]
-    picture = {"hook": best["hook"], "label": best["label"], "n_points": int(len(seqs)),
-               "mse": best["mse"], "rows": "held-out rows, chosen uniformly (not by probability)"}
+    out = {"hook": best["hook"], "label": best["label"], "n_points": int(len(seqs)), "mse": best["mse"],
+           "rows": "held-out rows, chosen uniformly (not by probability)"}
     if points:
-        picture["true"] = bdata.beliefs[seqs, pos]
-        picture["probed"] = _probed(bdata, best["hook"], fits[best["hook"]], seqs, pos)
+        out["true"] = bdata.beliefs[seqs, pos]
+        out["probed"] = _probed(bdata, best["hook"], fits[best["hook"]], seqs, pos)
+    return out
 
+
+def headline(data, rows, kst) -> dict:
+    """The numbers a demo states in one line: the final layer's MSE, its random-init control, and the
+    largest shortfall of the k-step probe from Bayes."""
     final = final_hook(data.hooks)
+    trained = [r for r in rows if r["control"] is None]
     ctrl = {r["hook"]: r for r in rows if r["control"] == "random_init"}
-    summary = {"final_hook": final, "final_mse": next(r["mse"] for r in trained if r["hook"] == final),
-               "final_random_init_mse": ctrl[final]["mse"] if final in ctrl else None}
-    if summary["final_random_init_mse"] is not None and summary["final_mse"] > 0:
-        summary["final_mse_ratio"] = summary["final_random_init_mse"] / summary["final_mse"]
-    summary["max_kstep_probe_shortfall"] = max(r["bayes_accuracy"] - r["probe_accuracy"] for r in kst)
+    out = {"final_hook": final, "final_mse": next(r["mse"] for r in trained if r["hook"] == final),
+           "final_random_init_mse": ctrl[final]["mse"] if final in ctrl else None}
+    if out["final_random_init_mse"] is not None and out["final_mse"] > 0:
+        out["final_mse_ratio"] = out["final_random_init_mse"] / out["final_mse"]
+    out["max_kstep_probe_shortfall"] = max(r["bayes_accuracy"] - r["probe_accuracy"] for r in kst)
+    return out
 
+
+def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set="auto", weighting="probability",
+            random_init="auto", n_ctx=None, n_sample=SAMPLE_SEQUENCES, frac_fit=0.2, ridge="auto",
+            kstep_hook="final", points=False) -> dict:
+    """Every table of `tinyseq probe`, as one JSON-able dict of numbers (see the module docstring for the keys;
+    report.describe(result) adds the sentences). The stages above, in order, with their wall times.
+
+    eval_set "auto" | "enumerate" | "sample"; belief_set "auto" | "eval" | "sample" (see choose_belief_set);
+    weighting "probability" (enumerated rows by their exact probability) or "uniform" (the published mess3
+    protocol); random_init "auto" (model.config with another seed), a model, a factory seed -> model, or None;
+    ridge "auto" (0 when the fit part has ROWS_PER_FEATURE rows per dimension, else 5-fold CV), or a number;
+    kstep_hook "final" or "concat": the features of the k-step probe and the belief route;
+    points True: also the picture's points as arrays (not JSON-able).
+    """
+    t_start, timings = time.perf_counter(), {}
+    n_ctx, horizon = check_options(model, process, n_ctx, horizon, seed, frac_fit, eval_set=eval_set,
+                                   belief_set=belief_set, weighting=weighting, kstep_hook=kstep_hook)
+    clock = _Stopwatch(timings)
+    with clock("forward"):
+        data, tree = evaluation_set(model, process, n_ctx, eval_set, n_sample, frac_fit, seed)
+    with clock("random_init_forward"):
+        bdata = choose_belief_set(model, process, data, belief_set, weighting, n_sample, frac_fit, seed)
+        control = random_init_control(model, bdata, random_init, seed)
+    with clock("belief_probes"):
+        rows, fits = belief_recovery(process, bdata, control, ridge, seed)
+    _note_wide_probes(bdata, data, rows)
+    ranks = B.observability_ranks(process)
+    dist = distances(process, bdata, fits, seed) if ranks["next_token"] < process.n_states else None
+    khook = final_hook(data.hooks) if kstep_hook == "final" or len(data.hooks) == 1 else CONCAT
+    kfit = bdata if bdata.tokens is not data.tokens else data    # not the uniformly weighted copy: labels follow P
+    with clock("kstep"):
+        kst = kstep_accuracy(model, process, data, khook, fits[khook], horizon, tree, seed, fit_data=kfit)
     return _json_safe({
-        "process": process.label, "states": process.n_states, "vocab": V, "n_ctx": n_ctx, "horizon": horizon,
-        "ranks": ranks,
-        "eval_set": {"kind": data.kind, "n_sequences": int(len(data.tokens)), "positions": n_ctx,
-                     "weighting": "probability" if data.weighted else "uniform (sampled from the process)",
-                     "n_fit_sequences": int(len(data.fit_seq)), "n_eval_sequences": int(len(data.eval_seq)),
-                     "description": data.description,
-                     "split": f"fit {frac_fit:.0%} / evaluate {1 - frac_fit:.0%} of the sequences (split by "
-                              f"sequence, seed {seed})"},
-        "loss": loss,
+        "process": process.label, "states": process.n_states, "vocab": process.vocab, "n_ctx": n_ctx,
+        "horizon": horizon, "ranks": ranks, "eval_set": _set_summary(data, frac_fit, seed),
+        "loss": loss_vs_floor(process, data),
         "belief_set": {"kind": bdata.kind, "same_sequences_as_eval_set": bdata.tokens is data.tokens,
-                       "n_sequences": int(len(bdata.tokens)),
-                       "description": bdata.description},
-        "belief_protocol": _belief_protocol(bdata, frac_fit, ridge, data, n_control),
-        "belief_recovery": rows,
-        "distances": dist,
-        "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
-        "kstep_protocol": _kstep_protocol(data, kfit, khook, tree is not None),
-        "kstep": kst,
-        "picture": picture,
-        "summary": summary,
-        "seconds": time.perf_counter() - t_start, "timings": timings,
-    })
+                       "n_sequences": int(len(bdata.tokens)), "facts": bdata.facts},
+        "belief_protocol_facts": _belief_protocol_facts(bdata, frac_fit, ridge, data, control),
+        "belief_recovery": rows, "distances": dist, "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
+        "kstep_protocol_facts": _kstep_protocol_facts(data, kfit, khook, tree is not None),
+        "kstep": kst, "picture": picture(bdata, rows, fits, seed, points), "summary": headline(data, rows, kst),
+        "seconds": time.perf_counter() - t_start, "timings": timings})
+
+
+class _Stopwatch:
+    """`with clock("name"):` adds the block's wall time to timings["name"]."""
+
+    def __init__(self, timings):
+        self.timings = timings
+
+    def __call__(self, name):
+        self.name = name
+        return self
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.t0
+        return False
+
+
+def _note_wide_probes(bdata, data, rows) -> None:
+    """A sampled belief set whose fit part has few distinct prefixes for the widest probe: record it."""
+    widest = max((r for r in rows if r["control"] is None), key=lambda r: r["width"])
+    if bdata.tokens is not data.tokens and widest["n_fit_prefixes"] < ROWS_PER_FEATURE * widest["width"]:
+        bdata.facts.update(wide_probe_prefixes=widest["n_fit_prefixes"], wide_probe_width=widest["width"])
+
+
+def _set_summary(data, frac_fit, seed) -> dict:
+    return {"kind": data.kind, "n_sequences": int(len(data.tokens)), "positions": data.tokens.shape[1],
+            "weighting": "probability" if data.weighted else "uniform (sampled from the process)",
+            "n_fit_sequences": int(len(data.fit_seq)), "n_eval_sequences": int(len(data.eval_seq)),
+            "facts": data.facts, "frac_fit": frac_fit, "seed": seed}
+
+
+def _belief_protocol_facts(bdata, frac_fit, ridge, data, control) -> dict:
+    return {"n_fit_sequences": len(bdata.fit_seq), "n_eval_sequences": len(bdata.eval_seq),
+            "positions": bdata.tokens.shape[1], "frac_fit": frac_fit, "weighted": bdata.weighted,
+            "ridge": ridge, "rows_per_feature": ROWS_PER_FEATURE, "separate_set": bdata.tokens is not data.tokens,
+            "n_control_sequences": len(control[0].tokens) if control else 0, "n_sequences": len(bdata.tokens)}
+
+
+def _kstep_protocol_facts(data, fit_data, hook, exact_tree) -> dict:
+    return {"exact_tree": exact_tree, "rollout_max_exact": ROLLOUT_MAX_EXACT, "rollout_samples": ROLLOUT_SAMPLES,
+            "hook": hook, "hook_label": hook_label(hook), "fit_on_belief_set": fit_data.tokens is not data.tokens,
+            "weighted": fit_data.weighted, "l2": KSTEP_L2}
 
 
 def _json_safe(obj):
@@ -682,33 +720,3 @@ def _copy(data, **changes):
     d._fit = d._eval = None                                            # merged rows depend on the weights
     d.__dict__.update(changes)
     return d
-
-
-def _belief_protocol(bdata, frac_fit, ridge, data, n_control):
-    T = bdata.tokens.shape[1]
-    w = "probability-weighted" if bdata.weighted else "unweighted"
-    r = (f"ridge 0 (plain least squares) when the fit part has >= {ROWS_PER_FEATURE} rows per dimension, "
-         f"else chosen by 5-fold CV over the fit part's distinct prefixes" if ridge == "auto" else f"ridge {ridge:g}")
-    text = (f"affine probes to the exact belief, fitted on {len(bdata.fit_seq):,} sequences x {T} positions "
-            f"({frac_fit:.0%}), scored on the other {len(bdata.eval_seq):,} (split by sequence); {w}; {r}")
-    if bdata.tokens is not data.tokens:
-        text += "; on a large sampled set (see belief_set)"
-    if n_control:
-        text += "; random-init control: the same architecture with fresh weights (another seed)"
-        if n_control < len(bdata.tokens):
-            text += f", on {n_control:,} of the sequences (same split)"
-    return text
-
-
-def _kstep_protocol(data, fit_data, hook, exact_tree):
-    roll = ("the model's k-step marginal is its next-token output chained exactly (sum over all intermediate "
-            "tokens, from one pass over every sequence)" if exact_tree else
-            f"the model's k-step marginal is its next-token output chained over every intermediate sequence "
-            f"when V^(k-1) <= {ROLLOUT_MAX_EXACT}, else averaged over {ROLLOUT_SAMPLES} sampled continuations")
-    fit_on = "" if fit_data.tokens is data.tokens else " (on the belief-probe set: the evaluation set is too small)"
-    return (f"held-out positions p whose token p+k lies in the context; predictors scored by expected accuracy "
-            f"E[P*(predicted symbol)] under the exact k-step distribution; {roll}; logistic probe from "
-            f"{hook_label(hook)} ({hook}) fitted on every row of the fit sequences{fit_on} "
-            f"({'probability-weighted' if fit_data.weighted else 'unweighted'}; l2 {KSTEP_L2:g}), labels = the actual "
-            f"token p+k; "
-            f"belief route = the belief probe of the same hook times the exact k-step map")

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinyseq.errors import TinyseqError
+from tinyseq.report import describe_set
 
 DEFAULT_GRID = ("transformer:ntp,transformer:myopia=0,transformer:myopia=1,transformer:myopia=3,"
                 "transformer:mtp=2,transformer:mtp=4,gru:ntp,gru:myopia=0,gru:myopia=1")
@@ -222,7 +223,7 @@ def run_one(spec: dict, threads: int | None = None) -> dict:
                                           if r["control"] == "model_output"), None)},
             "kstep": [{k: r[k] for k in ("k", "baseline_accuracy", "bayes_accuracy", "probe_accuracy",
                                          "rollout_accuracy", "kl_bits")} for r in a["kstep"]],
-            "kstep_hook": a["kstep_hook_label"], "ranks": a["ranks"], "eval_set": a["eval_set"]["description"],
+            "kstep_hook": a["kstep_hook_label"], "ranks": a["ranks"], "eval_set": describe_set(a["eval_set"]["facts"]),
             "seconds": {"train": t1 - t0, "analysis": time.perf_counter() - t1,
                         "total": time.perf_counter() - t0}, "threads": threads}
 

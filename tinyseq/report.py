@@ -109,8 +109,81 @@ def _ratio(x) -> str:
     return f"{x:.1f}x" if x < 100 else f"{x:.0f}x" if x < 10_000 else ">10,000x"
 
 
-def eval_set_line(a: dict) -> str:
+# ----------------------------------------------------------------------------------------------------------
+# the sentences: analyse() returns numbers and facts; these say in words what was measured, on what
+def describe(a: dict) -> dict:
+    """analyse()'s result with its sentences added (what `probe --json` prints): eval_set.description and
+    .split, belief_set.description, belief_protocol, kstep_protocol."""
     e = a["eval_set"]
+    out = {**a, "eval_set": {**e, "description": describe_set(e["facts"]),
+                             "split": f"fit {e['frac_fit']:.0%} / evaluate {1 - e['frac_fit']:.0%} of the sequences "
+                                      f"(split by sequence, seed {e['seed']})"},
+           "belief_set": {**a["belief_set"], "description": describe_set(a["belief_set"]["facts"])},
+           "belief_protocol": belief_protocol(a["belief_protocol_facts"]),
+           "kstep_protocol": kstep_protocol(a["kstep_protocol_facts"])}
+    return out
+
+
+def _described(a: dict) -> dict:
+    return a if "belief_protocol" in a else describe(a)
+
+
+def describe_set(f: dict) -> str:
+    """Which sequences a set holds, from EvalData.facts."""
+    n, T, V = f["n_sequences"], f["n_ctx"], f["vocab"]
+    if f["kind"] == "enumerated":
+        weights = ("each weighted by its exact probability" if f["weighting"] == "probability"
+                   else "each weighted equally (the published protocol)")
+        text = f"all {n:,} possible sequences of length {T} (of {V}^{T} = {V ** T:,}), {weights}"
+    else:
+        text = f"{n:,} sequences of length {T} sampled from the process ({f['n_distinct']:,} distinct)"
+    if f.get("too_many"):
+        text += f"; {V}^{T} = {V ** T:,} is too many to enumerate"
+    if "few_fit_rows" in f:
+        text += (f"; the {f['enumerated']:,} enumerated sequences give only {f['few_fit_rows']:,} fit rows for a "
+                 f"{f['probe_width']}-wide probe")
+    if "shared_fraction" in f:
+        text += (f"; {100 * f['shared_fraction']:.0f}% of held-out sequences also occur in the fit part (the process "
+                 f"has only {f['distinct_sequences']:,} distinct sequences)")
+    if "wide_probe_prefixes" in f:
+        text += (f"; its fit part holds only {f['wide_probe_prefixes']:,} distinct prefixes for the "
+                 f"{f['wide_probe_width']}-wide probe, so held-out scores of wide probes are close to in-sample ones")
+    return text
+
+
+def belief_protocol(f: dict) -> str:
+    w = "probability-weighted" if f["weighted"] else "unweighted"
+    r = (f"ridge 0 (plain least squares) when the fit part has >= {f['rows_per_feature']} rows per dimension, "
+         f"else chosen by 5-fold CV over the fit part's distinct prefixes" if f["ridge"] == "auto"
+         else f"ridge {f['ridge']:g}")
+    text = (f"affine probes to the exact belief, fitted on {f['n_fit_sequences']:,} sequences x {f['positions']} "
+            f"positions ({f['frac_fit']:.0%}), scored on the other {f['n_eval_sequences']:,} (split by sequence); "
+            f"{w}; {r}")
+    if f["separate_set"]:
+        text += "; on a large sampled set (see belief_set)"
+    if f["n_control_sequences"]:
+        text += "; random-init control: the same architecture with fresh weights (another seed)"
+        if f["n_control_sequences"] < f["n_sequences"]:
+            text += f", on {f['n_control_sequences']:,} of the sequences (same split)"
+    return text
+
+
+def kstep_protocol(f: dict) -> str:
+    roll = ("the model's k-step marginal is its next-token output chained exactly (sum over all intermediate "
+            "tokens, from one pass over every sequence)" if f["exact_tree"] else
+            f"the model's k-step marginal is its next-token output chained over every intermediate sequence "
+            f"when V^(k-1) <= {f['rollout_max_exact']}, else averaged over {f['rollout_samples']} sampled "
+            f"continuations")
+    fit_on = " (on the belief-probe set: the evaluation set is too small)" if f["fit_on_belief_set"] else ""
+    return (f"held-out positions p whose token p+k lies in the context; predictors scored by expected accuracy "
+            f"E[P*(predicted symbol)] under the exact k-step distribution; {roll}; logistic probe from "
+            f"{f['hook_label']} ({f['hook']}) fitted on every row of the fit sequences{fit_on} "
+            f"({'probability-weighted' if f['weighted'] else 'unweighted'}; l2 {f['l2']:g}), labels = the actual "
+            f"token p+k; belief route = the belief probe of the same hook times the exact k-step map")
+
+
+def eval_set_line(a: dict) -> str:
+    e = _described(a)["eval_set"]
     return f"Evaluation set: {e['description']}; {e['split']}."
 
 
@@ -123,6 +196,7 @@ def loss_line(a: dict) -> str:
 
 def belief_table(a: dict) -> str:
     """Trained hooks next to the same probe on the randomly initialised network, then the other controls."""
+    a = _described(a)
     rows = a["belief_recovery"]
     random = {r["hook"]: r for r in rows if r["control"] == "random_init"}
     body = []
@@ -177,6 +251,7 @@ def distance_table(a: dict) -> str:
 
 
 def kstep_table(a: dict) -> str:
+    a = _described(a)
     rows = a["kstep"]
 
     def cell(acc, gain):
@@ -203,7 +278,8 @@ def simplex_section(a: dict, picture_text: str) -> str:
 
 
 def probe_report(a: dict, picture_text: str | None = None) -> str:
-    """Everything `tinyseq probe` prints, in reading order."""
+    """Everything `tinyseq probe` prints, in reading order (a: analyse()'s result, with or without describe())."""
+    a = _described(a)
     parts = [eval_set_line(a), loss_line(a), "", belief_table(a)]
     dist = distance_table(a)
     if dist:
