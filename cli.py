@@ -407,7 +407,7 @@ def _int_list(text: str, what: str) -> list[int]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def bench_cmd(models, batches, threads_, quick, no_torch, as_json):
     """Training tokens/s of tinyseq (Numba and NumPy backends) vs PyTorch eager, interleaved, medians."""
-    from tinyseq import bench
+    from tinyseq.lab import bench
 
     result = bench.run(models=[m.strip() for m in models.split(",") if m.strip()],
                        batches=_int_list(batches, "batches"), threads=_int_list(threads_, "threads"),
@@ -599,7 +599,7 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
 
 
 # ---------------------------------------------------------------------------------------------------------
-# compare: a grid of variants x seeds, one table (tinyseq/compare.py)
+# compare: a grid of variants x seeds, one table (tinyseq/lab/compare.py)
 @cli.command("compare")
 @click.option("--process", "process_spec", default="mess3", show_default=True, metavar="SPEC",
               help="Process to learn: a catalogue name (mess3, rrxor, z1r ...) or a JSON file.")
@@ -636,7 +636,7 @@ def compare_cmd(process_spec, grid, seeds, seconds, steps, workers, threads, hor
     Every finished run is saved at once under --out; re-running the same command reuses it and trains only
     what is missing (a changed setting reruns). The random-init control is skipped here to keep runs cheap.
     """
-    from tinyseq import compare
+    from tinyseq.lab import compare
 
     if seeds < 1:
         fail(f"--seeds must be at least 1, got {seeds}")

@@ -4,7 +4,7 @@ Myopic training (Wu, Morris, Levine 2024) leaves the forward pass alone and cuts
 position t sends no gradient into the hidden states of positions more than M steps earlier. M = 0 is fully
 myopic (no position is trained to compute anything for a later one); M = n_ctx - 1 cuts nothing (ordinary
 next-token training). The "myopia gap" is the extra loss a myopic model pays. If myopia were a quality, the gap
-would be all-or-nothing; this script measures it at every M, with several seeds, using tinyseq.compare (the
+would be all-or-nothing; this script measures it at every M, with several seeds, using tinyseq.lab.compare (the
 same machinery as `tinyseq compare`), so each M gets mean +- spread and is judged against the seed noise.
 
     python examples/myopia_sweep.py                 mess3, 2 seeds x 11 variants x 400 steps: a few minutes
@@ -22,7 +22,7 @@ except ImportError:                     # run from a plain checkout: python exam
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import tinyseq
 
-from tinyseq import compare
+from tinyseq.lab import compare
 from tinyseq.models import make_config
 
 

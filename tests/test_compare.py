@@ -4,7 +4,7 @@ import os
 import pytest
 
 import tinyseq
-from tinyseq import compare as C
+from tinyseq.lab import compare as C
 from tinyseq.errors import TinyseqError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

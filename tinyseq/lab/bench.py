@@ -3,7 +3,7 @@
 One training step = forward, softmax cross-entropy, backward, one Adam update; tokens per step = batch * n_ctx.
 Each row runs the three contenders *interleaved* block by block (tinyseq-numba, tinyseq-numpy, PyTorch, then
 again), so a noisy shared machine slows all of them alike, and reports the median of the timed blocks after a
-warm-up. The ratio to PyTorch is paired: the median over rounds of that round's ratio. PyTorch runs in its own worker process (`python -m tinyseq.bench --torch-worker`), so its thread
+warm-up. The ratio to PyTorch is paired: the median over rounds of that round's ratio. PyTorch runs in its own worker process (`python -m tinyseq.lab.bench --torch-worker`), so its thread
 settings never leak into ours, and ours not into it.
 
 FLOP ceiling. A step costs about
@@ -237,7 +237,7 @@ class TorchWorker:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tinyseq.bench", "--torch-worker"], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "tinyseq.lab.bench", "--torch-worker"], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def run(self, model, batch, threads, steps) -> float:
