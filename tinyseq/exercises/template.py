@@ -55,12 +55,13 @@ def _signature_end(lines: list[str], node: ast.FunctionDef) -> int:
     return i
 
 
-def _keep_comment(text: str, leading: bool) -> str | None:
-    """The comment line to keep in a blanked body (cut at '->' for a 'forward was' line), or None to drop it."""
+def _keep_comment(text: str, leading: bool, in_derivation: bool) -> str | None:
+    """The comment line to keep in a blanked body (cut at '->' for a 'forward was' line), or None to drop it.
+    in_derivation: the line above was a 'forward was' line or its continuation."""
     body = text.lstrip()[1:].strip()                 # after the '#'
     if body.startswith("forward was:"):
         return text.split("->", 1)[0].rstrip()
-    if body.startswith("->"):                        # the derivation continued on the next line
+    if in_derivation and body.startswith("->"):      # the derivation, continued on the next line
         return None
     return text.rstrip() if leading else None
 
@@ -75,14 +76,16 @@ def blank_block(module, name: str) -> str:
     code = [s for s in node.body if s is not first or not doc]
     first_code = code[0].lineno - 1 if code else node.end_lineno
     indent = lines[first.lineno - 1][:len(lines[first.lineno - 1]) - len(lines[first.lineno - 1].lstrip())]
-    kept = lines[node.lineno - 1:sig_end + 1]
+    kept, in_derivation = lines[node.lineno - 1:sig_end + 1], False
     for i in range(sig_end + 1, node.end_lineno):
+        is_comment = i not in doc and lines[i].lstrip().startswith("#")
         if i in doc:
             kept.append(lines[i])
-        elif lines[i].lstrip().startswith("#"):
-            line = _keep_comment(lines[i], leading=i < first_code)
+        elif is_comment:
+            line = _keep_comment(lines[i], i < first_code, in_derivation)
             if line is not None:
                 kept.append(line)
+        in_derivation = is_comment and (in_derivation or "forward was:" in lines[i])
     kept.append(indent + NOT_WRITTEN)
     return "\n".join(kept)
 
