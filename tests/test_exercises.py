@@ -83,7 +83,8 @@ WRONG = [
     ("layernorm", " - norm * (dnorm * norm).mean(axis=-1, keepdims=True)", "", {"dx"}),
     ("attention", "dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True))", "dscores = att * datt",
      {"dq", "dk"}),
-    ("mlp", "dout * (0.5 * (1.0 + th) + 0.5 * x", "dout * (0.5 * x", {"dx [act=gelu]", "dW [act=gelu]", "db [act=gelu]"}),
+    ("mlp", "dout * (0.5 * (1.0 + th) + 0.5 * x", "dout * (0.5 * x",
+     {"dx [act=gelu]", "dW [act=gelu]", "db [act=gelu]"}),
     ("rnn_cell", "    db_hh += da.sum(axis=0)", "", {"db_hh"}),
     ("gru_cell", "    dh_prev += dhp @ W_hh", "", {"dh_prev"}),
     ("lstm_cell", "dc = dc + dh * o", "dc = dh * o", {"dxp", "dh_prev", "dc_prev", "dW_hh", "db_hh"}),
@@ -182,7 +183,7 @@ def test_list_names_every_exercise_and_what_it_mirrors(tmp_path):
     assert code == 0
     for ex in EXERCISES.values():
         row = next(line for line in out.splitlines() if line.startswith(ex.name + " "))
-        assert ex.backward in row and template.module_path(ex.module) in row
+        assert ex.backward in row and ex.source in row
 
 
 def test_template_keeps_signature_shapes_and_forward_was_but_not_the_derivation():
@@ -209,6 +210,24 @@ def test_blank_bodies_hold_only_a_docstring_and_the_raise(name):
         body = [s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
         assert len(body) == 1 and isinstance(body[0], ast.Raise), fn
         assert ast.unparse(node.args) == ast.unparse(ast.parse(template.solution_block(ex.module, fn)).body[0].args)
+
+
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_learner_file_is_self_contained(name):
+    """Every name the file's functions read is defined in the file or a builtin: no helper was left out."""
+    import ast
+    import builtins
+
+    for solution in (False, True):
+        tree = ast.parse(template.learner_file(EXERCISES[name], solution=solution))
+        top = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        top |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets}
+        top |= {(a.asname or a.name) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+        for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+            names = [n for n in ast.walk(fn) if isinstance(n, ast.Name)]
+            local = {a.arg for a in fn.args.args} | {n.id for n in names if isinstance(n.ctx, ast.Store)}
+            free = {n.id for n in names if isinstance(n.ctx, ast.Load)} - local - top - set(dir(builtins))
+            assert not free, (fn.name, free)
 
 
 def test_required_exercises_exist():

@@ -38,7 +38,7 @@ class Exercise:
     name: str
     about: str            # one line, for `tinyseq exercise list`
     module: object        # the tinyseq module holding the forward and the reference backward
-    given: tuple          # constants, helpers and the forward, copied whole into the learner's file
+    given: tuple          # the forward, copied whole into the learner's file with every helper it uses
     to_write: tuple       # functions the learner writes (bodies blanked); the last one is called by the check
     task: str             # what the file's docstring tells the learner beyond the common text
     cases: tuple          # (label, build(rng) -> Problem); label "" when there is one case
@@ -46,6 +46,17 @@ class Exercise:
     @property
     def backward(self) -> str:
         return self.to_write[-1]
+
+    @property
+    def source(self) -> str:
+        """The file the exercise is cut from, as a path in the repository: tinyseq/nn/ops.py."""
+        return self.module.__name__.replace(".", "/") + ".py"
+
+    @property
+    def mirrors(self) -> str:
+        """'tinyseq/nn/ops.py: layernorm_backward', plus the helpers to write when there are any."""
+        helpers = [n.replace("_backward", "") for n in self.to_write[:-1]]
+        return f"{self.source}: {self.backward}" + (f" (+ {', '.join(helpers)})" if helpers else "")
 
 
 def _dotted(outs_and_douts):  # [(array, upstream gradient)] -> (sum of out * dout, sum of |out * dout|)
@@ -180,33 +191,33 @@ def lstm_problem(rng):  # xp (B, 4H), h_prev, c_prev (B, H), W_hh (4H, H), b_hh 
 
 # ----------------------------------------------------------------------------------------------------------
 EXERCISES = {ex.name: ex for ex in [
-    Exercise("cross_entropy", "softmax cross-entropy, mean over tokens: dlogits without a Jacobian", ops,
+    Exercise("cross_entropy", "softmax cross-entropy, mean over tokens: dlogits", ops,
              ("cross_entropy_forward",), ("cross_entropy_backward",),
              f"{OPS_LETTERS}\nThe loss is a scalar, so its upstream gradient is 1: the check calls\n"
              "cross_entropy_backward(probs, targets) (scale=None: the mean's 1/N) and compares with d loss / d logits.",
              (("", cross_entropy_problem),)),
-    Exercise("layernorm", "layer normalisation over the last axis: dx, dw, db", ops,
-             ("LN_EPS", "layernorm_forward"), ("layernorm_backward",), f"{OPS_LETTERS}\n{ACCUMULATE}",
+    Exercise("layernorm", "layer norm over the last axis: dx, dw, db", ops,
+             ("layernorm_forward",), ("layernorm_backward",), f"{OPS_LETTERS}\n{ACCUMULATE}",
              (("", layernorm_problem),)),
-    Exercise("attention", "causal softmax attention on projected heads: dq, dk, dv", ops,
+    Exercise("attention", "causal softmax attention of heads: dq, dk, dv", ops,
              ("attention_forward",), ("attention_backward",),
              f"{OPS_LETTERS}\nThe check calls attention_backward with window=None (the ordinary backward,\n"
              "returning dq, dk, dv); the window branch, a stop-gradient, has no finite difference to check.",
              (("", attention_problem),)),
-    Exercise("mlp", "linear map + ReLU or GELU (the MLP's first half): dx, dW, db", ops,
-             ("linear_forward", "relu_forward", "GELU_SCALE", "GELU_CUBIC", "gelu_forward", "linear_act_forward"),
+    Exercise("mlp", "linear + ReLU or GELU (MLP first half): dx, dW, db", ops,
+             ("linear_act_forward",),
              ("linear_backward", "relu_backward", "gelu_backward", "linear_act_backward"),
              f"{OPS_LETTERS}\n{ACCUMULATE}\nWrite the three small backwards, then linear_act_backward from them;\n"
              "the check runs linear_act_backward with act='relu' and with act='gelu'.",
              (("relu", mlp_problem("relu")), ("gelu", mlp_problem("gelu")))),
-    Exercise("rnn_cell", "one step of an Elman tanh RNN: dxp, dh_prev, dW_hh, db_hh", recurrent,
+    Exercise("rnn_cell", "one Elman tanh RNN step: dxp, dh_prev, dW_hh, db_hh", recurrent,
              ("rnn_cell_forward",), ("rnn_cell_backward",), f"{RNN_LETTERS}\n{ACCUMULATE}",
              (("", rnn_problem),)),
-    Exercise("gru_cell", "one step of a GRU (PyTorch's gates r, z, n): dxp, dh_prev, dW_hh, db_hh", recurrent,
-             ("sigmoid", "gru_cell_forward"), ("gru_cell_backward",), f"{RNN_LETTERS}\n{ACCUMULATE}",
+    Exercise("gru_cell", "one GRU step (gates r, z, n): dxp, dh_prev, dW_hh, db_hh", recurrent,
+             ("gru_cell_forward",), ("gru_cell_backward",), f"{RNN_LETTERS}\n{ACCUMULATE}",
              (("", gru_problem),)),
-    Exercise("lstm_cell", "one step of an LSTM (gates i, f, g, o): dxp, dh_prev, dc_prev, dW_hh, db_hh", recurrent,
-             ("sigmoid", "lstm_cell_forward"), ("lstm_cell_backward",),
+    Exercise("lstm_cell", "one LSTM step (gates i, f, g, o): dxp, dh_prev, dc_prev, dW_hh, db_hh", recurrent,
+             ("lstm_cell_forward",), ("lstm_cell_backward",),
              f"{RNN_LETTERS}\n{ACCUMULATE}\nBoth h and c flow on to the next step, so the upstream gradient\n"
              "arrives as dh and dc; the check gives both random values.",
              (("", lstm_problem),)),

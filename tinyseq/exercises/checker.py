@@ -33,6 +33,12 @@ def _line_in(tb, path) -> str:
     return f" ({path} line {frames[-1].lineno})" if frames else ""
 
 
+def _said(e: BaseException, path: str) -> str:
+    """'ValueError: message (FILE line N)' in one line, whatever the exception's text holds."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}{': ' + text[0] if text else ''}{_line_in(e.__traceback__, path)}"
+
+
 def load(path: str):
     """(exercise, module) from the learner's file, run in a fresh namespace (not imported, not on sys.path)."""
     if not os.path.isfile(path):
@@ -47,8 +53,8 @@ def load(path: str):
     module.__file__ = path
     try:
         exec(code, module.__dict__)
-    except Exception as e:  # the learner's top-level code: any error is theirs, said in one line
-        raise TinyseqError(f"{path} cannot be loaded: {type(e).__name__}: {e}{_line_in(e.__traceback__, path)}") from None
+    except (Exception, SystemExit) as e:  # the learner's top-level code: any error is theirs, said in one line
+        raise TinyseqError(f"{path} cannot be loaded: {_said(e, path)}") from None
     name = module.__dict__.get("EXERCISE")
     if not isinstance(name, str) or name not in EXERCISES:
         raise TinyseqError(f"{path} is not an exercise file (it has no EXERCISE = \"NAME\" line naming one of "
@@ -69,7 +75,7 @@ def _call(ex, module, problem, path):
         frames = _frames_in(e.__traceback__, path)
         raise NotWritten(frames[-1].name if frames else ex.backward) from None
     except Exception as e:  # a crash inside the learner's backward: one line with their line number
-        raise TinyseqError(f"{ex.backward} raised {type(e).__name__}: {e}{_line_in(e.__traceback__, path)}") from None
+        raise TinyseqError(f"{ex.backward} raised {_said(e, path)}") from None
 
 
 def analytic_grads(ex, problem, returned, added) -> dict:

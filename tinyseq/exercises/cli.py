@@ -31,8 +31,7 @@ def list_cmd():
     """The exercises, what each asks for, and the tinyseq code it mirrors."""
     from tinyseq.report import tabulate
 
-    rows = [(ex.name, ex.about, f"{template.module_path(ex.module)}: {', '.join(ex.to_write)}")
-            for ex in EXERCISES.values()]
+    rows = [(ex.name, ex.about, ex.mirrors) for ex in EXERCISES.values()]
     click.echo(tabulate(rows, headers=["exercise", "what you write", "mirrors"]))
     click.echo("\nStart one with `tinyseq exercise start NAME --to FILE`, then `tinyseq exercise check FILE`.")
 
@@ -85,7 +84,7 @@ def format_result(result) -> str:
             hint = (f"hint: {name} is off first at index {r['index']}: expected {r['expected']:.6g} "
                     f"(finite differences), got {r['got']:.6g}")
             hints.append(hint + (f"; {r['pattern']}" if r["pattern"] else ""))
-    src = template.module_path(ex.module)
+    src = ex.source
     lines = [f"{ex.name}: your {ex.backward} vs central finite differences of the forward in {src} "
              f"(float64, random upstream gradient, tolerance {checker.REL_TOL:g})",
              tabulate(rows, headers=["gradient", "shape", "check", "max rel err", "max abs diff"]), *hints]

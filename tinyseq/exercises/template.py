@@ -13,8 +13,11 @@ import inspect
 NOT_WRITTEN = 'raise NotImplementedError("write the backward")'
 
 
+HEADER_IMPORTS = ("math", "np")   # every learner's file starts with `import math` and `import numpy as np`
+
+
 def _source_lines(module) -> tuple[list[str], dict[str, ast.AST]]:
-    """The module's source lines and its top-level defs / assignments by name."""
+    """The module's source lines and its top-level defs / assignments / imports by the name they bind."""
     src = inspect.getsource(module)
     nodes = {}
     for node in ast.parse(src).body:
@@ -22,7 +25,28 @@ def _source_lines(module) -> tuple[list[str], dict[str, ast.AST]]:
             nodes[node.name] = node
         elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
             nodes[node.targets[0].id] = node
+        elif isinstance(node, (ast.Import, ast.ImportFrom)) and getattr(node, "module", None) != "__future__":
+            nodes.update({(a.asname or a.name).split(".")[0]: node for a in node.names})
     return src.splitlines(), nodes
+
+
+def given_names(module, roots, written) -> list[str]:
+    """`roots` and every top-level name of `module` they use, directly or not, in source order; the names
+    in `written` (the learner's functions) and the file's own imports are left out. Listing the forward is
+    enough: a constant or helper it comes to use later is copied too."""
+    _, nodes = _source_lines(module)
+    need, todo = set(), list(roots) + list(written)
+    while todo:
+        name = todo.pop()
+        used = {n.id for n in ast.walk(nodes[name]) if isinstance(n, ast.Name)} & nodes.keys()
+        for u in used - need - set(written) - set(HEADER_IMPORTS):
+            need.add(u)
+            todo.append(u)
+    need |= set(roots)
+    first = {}                                       # one name per node: an import may bind several
+    for n in sorted(need, key=lambda n: nodes[n].lineno):
+        first.setdefault(id(nodes[n]), n)
+    return list(first.values())
 
 
 def _node(module, name):
@@ -90,11 +114,6 @@ def blank_block(module, name: str) -> str:
     return "\n".join(kept)
 
 
-def module_path(module) -> str:
-    """tinyseq/nn/ops.py style path of a tinyseq module (for messages and the file header)."""
-    return module.__name__.replace(".", "/") + ".py"
-
-
 def _join(blocks: list[str]) -> str:
     """Blocks two blank lines apart, except a constant right after a constant (one line apart)."""
     def is_constant(block):
@@ -107,7 +126,7 @@ def _join(blocks: list[str]) -> str:
 
 def learner_file(ex, solution: bool = False) -> str:
     """The whole file `tinyseq exercise start` writes for exercise `ex` (a catalog.Exercise)."""
-    src = module_path(ex.module)
+    src = ex.source
     write = ", ".join(ex.to_write)
     header = (f'"""tinyseq exercise {ex.name}: {ex.about}.\n\n'
               f"Write the body of: {write}\n"
@@ -119,7 +138,7 @@ def learner_file(ex, solution: bool = False) -> str:
               f"(float64, tiny random shapes, a random upstream gradient) and names the first entry that is off.\n"
               f'"""\n')
     make = solution_block if solution else blank_block
-    given = _join([given_block(ex.module, n) for n in ex.given])
+    given = _join([given_block(ex.module, n) for n in given_names(ex.module, ex.given, ex.to_write)])
     to_write = "\n\n\n".join(make(ex.module, n) for n in ex.to_write)
     rule = "# " + "=" * 106
     return (f"{header}import math\n\nimport numpy as np\n\n"
