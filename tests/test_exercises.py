@@ -106,6 +106,12 @@ def test_subtly_wrong_solution_fails_on_the_tensor_it_breaks(name, old, new, bro
     assert "expected" in out and "got" in out
 
 
+def test_rebinding_a_gradient_buffer_is_named_in_the_hint(tmp_path):
+    text = solution("gru_cell").replace("dW_hh += dhp.T @ h_prev", "dW_hh = dhp.T @ h_prev")
+    out = run("exercise", "check", write(tmp_path, "w.py", text), cwd=tmp_path)[1]
+    assert failing(out) == {"dW_hh"} and "nothing was added to dW_hh: write `dW_hh += ...`" in out
+
+
 def test_sign_hint_says_opposite_sign_and_the_entry(tmp_path):
     """The hint's expected/got are the finite difference and the learner's entry: a flipped sign shows as -got."""
     text = solution("attention").replace("dv = att.swapaxes(-1, -2) @ dout", "dv = -att.swapaxes(-1, -2) @ dout")

@@ -96,7 +96,7 @@ def analytic_grads(ex, problem, returned, added) -> dict:
     return grads
 
 
-def compare(name, ana, num, noise_floor) -> dict:
+def compare(name, ana, num, noise_floor, accumulated=False) -> dict:
     """One row: max relative error (differences below the rounding floor count as exact) and the first bad entry."""
     rel = rel_err(ana, num)
     rel = np.where(np.abs(ana - num) < noise_floor, 0.0, rel)
@@ -106,16 +106,19 @@ def compare(name, ana, num, noise_floor) -> dict:
     if bad.any():
         first = np.unravel_index(int(np.argmax(bad.reshape(-1))), num.shape)
         row.update(index=tuple(int(i) for i in first), expected=float(num[first]), got=float(ana[first]),
-                   pattern=_pattern(ana, num))
+                   pattern=_pattern("d" + name, ana, num, accumulated))
     return row
 
 
-def _pattern(ana, num) -> str:
-    """A guess at what kind of mistake it is, from the whole tensor (or '')."""
+def _pattern(dname, ana, num, accumulated) -> str:
+    """A guess at what kind of mistake it is, from the whole tensor (or ''). accumulated: dname is a buffer
+    the backward was to add into."""
     if not np.isfinite(ana).all():
         return "it holds NaN or inf"
+    if not ana.any() and accumulated:
+        return f"nothing was added to {dname}: write `{dname} += ...` (`{dname} = ...` only rebinds a local name)"
     if not ana.any():
-        return "it is all zero: nothing was added (write `d... += ...` into the buffer, not `d... = ...`)"
+        return "it is all zero"
     if np.allclose(ana, -num, rtol=1e-6, atol=1e-9):
         return "every entry has the opposite sign"
     big = np.abs(num) > 1e-6
@@ -136,7 +139,7 @@ def check_case(ex, module, problem, path) -> list[dict]:
     rows = []
     for name, value in problem.inputs.items():
         num = numerical_grad(lambda: problem.loss()[0], value)
-        rows.append(compare(name, grads[name], num, noise_floor))
+        rows.append(compare(name, grads[name], num, noise_floor, accumulated=name not in problem.returns))
     return rows
 
 
