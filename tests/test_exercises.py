@@ -130,6 +130,12 @@ def {fn}(*args, **kwargs):
     out = _reference(*args, **kwargs)
     return tuple(o[..., :1] for o in out) if isinstance(out, tuple) else out[..., :1]
 """
+RETURN_TEXT = """
+_reference = {fn}
+def {fn}(*args, **kwargs):
+    out = _reference(*args, **kwargs)
+    return tuple("text" for o in out) if isinstance(out, tuple) else "text"
+"""
 RETURN_NOTHING = """
 _reference = {fn}
 def {fn}(*args, **kwargs):
@@ -149,6 +155,7 @@ def test_broken_files_exit_2_with_one_line(name, tmp_path):
              (text.replace(f"def {fn}(", f"def {fn}_v2("), f"has no function {fn}"),
              (text + RETURN_SLICED.format(fn=fn), "of shape"),
              (text + RETURN_NOTHING.format(fn=fn), "returned None"),
+             (text + RETURN_TEXT.format(fn=fn), "not an array of numbers"),
              (text.replace(f'EXERCISE = "{name}"', 'EXERCISE = "nope"'), "is not an exercise file")]
     for source, needle in cases:
         assert_one_line_error(*run("exercise", "check", write(tmp_path, "b.py", source), cwd=tmp_path), needle)

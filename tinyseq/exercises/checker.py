@@ -81,7 +81,7 @@ def _call(ex, module, problem, path):
 def analytic_grads(ex, problem, returned, added) -> dict:
     """{input name: gradient}: the returned arrays (count and shapes checked) and what the buffers received."""
     want = problem.returns
-    got = returned if isinstance(returned, tuple) and len(want) > 1 else (returned,)
+    got = returned if isinstance(returned, (tuple, list)) and len(want) > 1 else (returned,)
     names = ", ".join("d" + n for n in want)
     if returned is None or len(got) != len(want):
         what = "None" if returned is None else f"{len(got)} value(s)"
@@ -89,9 +89,12 @@ def analytic_grads(ex, problem, returned, added) -> dict:
     grads = {}
     for name, g in zip(want, got):
         shape = problem.inputs[name].shape
-        if np.shape(g) != shape:
-            raise TinyseqError(f"{ex.backward} returned d{name} of shape {np.shape(g)}; {name} has shape {shape}")
-        grads[name] = np.asarray(g, dtype=np.float64)
+        try:
+            grads[name] = np.asarray(g, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TinyseqError(f"{ex.backward} returned d{name} as {type(g).__name__}, not an array of numbers") from None
+        if grads[name].shape != shape:
+            raise TinyseqError(f"{ex.backward} returned d{name} of shape {grads[name].shape}; {name} has shape {shape}")
     grads.update(added)
     return grads
 
