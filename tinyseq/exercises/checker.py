@@ -92,7 +92,8 @@ def analytic_grads(ex, problem, returned, added) -> dict:
         try:
             grads[name] = np.asarray(g, dtype=np.float64)
         except (TypeError, ValueError):
-            raise TinyseqError(f"{ex.backward} returned d{name} as {type(g).__name__}, not an array of numbers") from None
+            what = type(g).__name__
+            raise TinyseqError(f"{ex.backward} returned d{name} as {what}, not an array of numbers") from None
         if grads[name].shape != shape:
             raise TinyseqError(f"{ex.backward} returned d{name} of shape {grads[name].shape}; {name} has shape {shape}")
     grads.update(added)
