@@ -69,20 +69,26 @@ def test_blank_template_fails_as_not_written(name, tmp_path):
 
 
 # (exercise, reference text, edited text, gradients the edit breaks)
+CE = {"dlogits [scale=None]", "dlogits [scale=0.5]"}
 WRONG = [
     # sign flipped
-    ("cross_entropy", "targets[..., None], -1) - 1, -1)", "targets[..., None], -1) + 1, -1)", {"dlogits"}),
+    ("cross_entropy", "targets[..., None], -1) - 1, -1)", "targets[..., None], -1) + 1, -1)", CE),
     ("layernorm", "dx = dnorm - dnorm.mean(", "dx = dnorm + dnorm.mean(", {"dx"}),
-    ("attention", "dv = att.swapaxes(-1, -2) @ dout", "dv = -att.swapaxes(-1, -2) @ dout", {"dv"}),
+    ("attention", "dv = att.swapaxes(-1, -2) @ dout", "dv = -att.swapaxes(-1, -2) @ dout", {"dv [window=None]"}),
+    ("attention", "dk_far = ((dscores * far)", "dk_far = -((dscores * far)", {"dk_far [window=1]"}),
     ("mlp", "dW += x2.T @ d2", "dW -= x2.T @ d2", {"dW [act=relu]", "dW [act=gelu]"}),
     ("rnn_cell", "da = dh * (1.0 - h * h)", "da = dh * (1.0 + h * h)", {"dxp", "dh_prev", "dW_hh", "db_hh"}),
     ("gru_cell", "dz = dh * (h_prev - n)", "dz = dh * (n - h_prev)", {"dxp", "dh_prev", "dW_hh", "db_hh"}),
     ("lstm_cell", "dg * (1.0 - g * g)", "dg * (1.0 + g * g)", {"dxp", "dh_prev", "dW_hh", "db_hh"}),
     # a term missing
-    ("cross_entropy", "targets[..., None], -1) - 1, -1)", "targets[..., None], -1), -1)", {"dlogits"}),
+    ("cross_entropy", "targets[..., None], -1) - 1, -1)", "targets[..., None], -1), -1)", CE),
+    ("cross_entropy", "dlogits *= (1.0 / N) if scale is None else scale", "dlogits *= 1.0 / N", {"dlogits [scale=0.5]"}),
     ("layernorm", " - norm * (dnorm * norm).mean(axis=-1, keepdims=True)", "", {"dx"}),
     ("attention", "dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True))", "dscores = att * datt",
-     {"dq", "dk"}),
+     {"dq [window=None]", "dk [window=None]", "dq [window=1]", "dk [window=1]", "dk_far [window=1]"}),
+    # off by one: the window must keep t - s <= window near, not t - s < window
+    ("attention", "near = (t_minus_s <= window)", "near = (t_minus_s < window)",
+     {"dk [window=1]", "dv [window=1]", "dk_far [window=1]", "dv_far [window=1]"}),
     ("mlp", "dout * (0.5 * (1.0 + th) + 0.5 * x", "dout * (0.5 * x",
      {"dx [act=gelu]", "dW [act=gelu]", "db [act=gelu]"}),
     ("rnn_cell", "    db_hh += da.sum(axis=0)", "", {"db_hh"}),
@@ -116,7 +122,7 @@ def test_sign_hint_says_opposite_sign_and_the_entry(tmp_path):
     """The hint's expected/got are the finite difference and the learner's entry: a flipped sign shows as -got."""
     text = solution("attention").replace("dv = att.swapaxes(-1, -2) @ dout", "dv = -att.swapaxes(-1, -2) @ dout")
     out = run("exercise", "check", write(tmp_path, "w.py", text), cwd=tmp_path)[1]
-    hint = next(line for line in out.splitlines() if line.startswith("hint: dv"))
+    hint = next(line for line in out.splitlines() if line.startswith("hint: dv [window=None]"))
     expected = float(hint.split("expected ")[1].split(" ")[0])
     got = float(hint.split("got ")[1].split(";")[0])
     assert got == pytest.approx(-expected, rel=1e-5) and "opposite sign" in hint
@@ -241,6 +247,20 @@ def test_learner_file_is_self_contained(name):
             local = {a.arg for a in fn.args.args} | {n.id for n in names if isinstance(n.ctx, ast.Store)}
             free = {n.id for n in names if isinstance(n.ctx, ast.Load)} - local - top - set(dir(builtins))
             assert not free, (fn.name, free)
+
+
+def test_window_oracle_is_attention_forward_when_the_copies_equal_the_originals():
+    """The forward that defines dk_far, dv_far is tinyseq's attention when k_far = k and v_far = v, for every window."""
+    import numpy as np
+
+    from tinyseq.exercises.catalog import attention_split_forward
+    from tinyseq.nn import ops
+
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((2, 2, 5, 3)) for _ in range(3))
+    for window in range(5):
+        assert np.allclose(attention_split_forward(q, k, v, k, v, window), ops.attention_forward(q, k, v)[0],
+                           rtol=0, atol=1e-13)
 
 
 def test_required_exercises_exist():

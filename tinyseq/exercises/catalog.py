@@ -8,6 +8,7 @@ fails.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -81,18 +82,21 @@ def _accumulating_call(rng, backward, like, *args):
 
 
 # ----------------------------------------------------------------------------------------------------------
-def cross_entropy_problem(rng):  # logits (B, T, V), targets (B, T)
-    logits = rng.standard_normal((2, 3, 5))
-    targets = rng.integers(0, 5, size=(2, 3))
+def cross_entropy_problem(scale):
+    def build(rng):  # logits (B, T, V), targets (B, T)
+        logits = rng.standard_normal((2, 3, 5))
+        targets = rng.integers(0, 5, size=(2, 3))
 
-    def loss():  # the loss is already a scalar: its upstream gradient is d loss / d loss = 1
-        value = float(ops.cross_entropy_forward(logits, targets)[0])
-        return value, abs(value)
+        def loss():  # scalar, so its upstream gradient is 1; scale=s (not None) means s * sum_n, not mean_n
+            value = float(ops.cross_entropy_forward(logits, targets)[0])
+            value *= 1.0 if scale is None else scale * targets.size
+            return value, abs(value)
 
-    def run(backward):
-        _, probs = ops.cross_entropy_forward(logits, targets)
-        return backward(probs.copy(), targets.copy()), {}
-    return Problem(dict(logits=logits), loss, run, ("logits",))
+        def run(backward):
+            _, probs = ops.cross_entropy_forward(logits, targets)
+            return backward(probs.copy(), targets.copy(), scale), {}
+        return Problem(dict(logits=logits), loss, run, ("logits",))
+    return build
 
 
 def layernorm_problem(rng):  # x (B, T, C), w (C,), b (C,)
@@ -110,17 +114,37 @@ def layernorm_problem(rng):  # x (B, T, C), w (C,), b (C,)
     return Problem(dict(x=x, w=w, b=b), loss, run, ("x",))
 
 
-def attention_problem(rng):  # q, k, v (B, NH, T, HS)
-    q, k, v = (rng.standard_normal((1, 2, 4, 3)) for _ in range(3))
-    dout = rng.standard_normal(q.shape)
+def attention_split_forward(q, k, v, k_far, v_far, window):  # (B, NH, T, HS) x5, int -> out (B, NH, T, HS)
+    """attention_forward, except that query t reads the key and value of a position s more than `window`
+    steps back (t - s > window) from k_far, v_far, copies of k, v. The gradients of those copies are what
+    attention_backward(..., window) returns as dk_far, dv_far: this is the forward that defines them."""
+    T, HS = q.shape[-2:]
+    far = np.arange(T)[:, None] - np.arange(T)[None, :] > window                   # (T, T)
+    scores = np.where(far, q @ k_far.swapaxes(-1, -2), q @ k.swapaxes(-1, -2)) / math.sqrt(HS)
+    scores[..., np.triu(np.ones((T, T), dtype=bool), k=1)] = -np.inf             # causal mask
+    att = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    att /= att.sum(axis=-1, keepdims=True)                                        # (B, NH, T, T)
+    return (att * ~far) @ v + (att * far) @ v_far
 
-    def loss():
-        return _dotted([(ops.attention_forward(q, k, v)[0], dout)])
 
-    def run(backward):
-        _, att = ops.attention_forward(q, k, v)
-        return backward(dout.copy(), q.copy(), k.copy(), v.copy(), att), {}
-    return Problem(dict(q=q, k=k, v=v), loss, run, ("q", "k", "v"))
+def attention_problem(window):
+    def build(rng):  # q, k, v (B, NH, T, HS); with a window, k_far, v_far too (copies of k, v)
+        q, k, v = (rng.standard_normal((1, 2, 4, 3)) for _ in range(3))
+        k_far, v_far = k.copy(), v.copy()
+        dout = rng.standard_normal(q.shape)
+
+        def loss():
+            out = (ops.attention_forward(q, k, v)[0] if window is None else
+                   attention_split_forward(q, k, v, k_far, v_far, window))
+            return _dotted([(out, dout)])
+
+        def run(backward):
+            _, att = ops.attention_forward(q, k, v)
+            return backward(dout.copy(), q.copy(), k.copy(), v.copy(), att, window), {}
+        if window is None:
+            return Problem(dict(q=q, k=k, v=v), loss, run, ("q", "k", "v"))
+        return Problem(dict(q=q, k=k, v=v, k_far=k_far, v_far=v_far), loss, run, ("q", "k", "v", "k_far", "v_far"))
+    return build
 
 
 def mlp_problem(act):
@@ -193,23 +217,26 @@ def lstm_problem(rng):  # xp (B, 4H), h_prev, c_prev (B, H), W_hh (4H, H), b_hh 
 EXERCISES = {ex.name: ex for ex in [
     Exercise("cross_entropy", "softmax cross-entropy, mean over tokens: dlogits", ops,
              ("cross_entropy_forward",), ("cross_entropy_backward",),
-             f"{OPS_LETTERS}\nThe loss is a scalar, so its upstream gradient is 1: the check calls\n"
-             "cross_entropy_backward(probs, targets) (scale=None: the mean's 1/N) and compares with d loss / d logits.",
-             (("", cross_entropy_problem),)),
+             f"{OPS_LETTERS}\nThe loss is a scalar, so its upstream gradient is 1. The check calls\n"
+             "cross_entropy_backward(probs, targets, None) (the mean's 1/N) and with scale=0.5 (dlogits scaled\n"
+             "by 0.5 instead: the gradient of 0.5 * the sum over tokens).",
+             (("scale=None", cross_entropy_problem(None)), ("scale=0.5", cross_entropy_problem(0.5)))),
     Exercise("layernorm", "layer norm over the last axis: dx, dw, db", ops,
              ("layernorm_forward",), ("layernorm_backward",), f"{OPS_LETTERS}\n{ACCUMULATE}",
              (("", layernorm_problem),)),
     Exercise("attention", "causal softmax attention of heads: dq, dk, dv", ops,
              ("attention_forward",), ("attention_backward",),
-             f"{OPS_LETTERS}\nThe check calls attention_backward with window=None (the ordinary backward,\n"
-             "returning dq, dk, dv); the window branch, a stop-gradient, has no finite difference to check.",
-             (("", attention_problem),)),
+             f"{OPS_LETTERS}\nThe check calls attention_backward with window=None (dq, dk, dv) and with\n"
+             "window=1 (dq, dk, dv, dk_far, dv_far). For the window it differentiates a forward in which query t\n"
+             "reads keys and values more than 1 step back from copies k_far, v_far: their gradients are\n"
+             "dk_far, dv_far (start with window=None; the window branch is a second step).",
+             (("window=None", attention_problem(None)), ("window=1", attention_problem(1)))),
     Exercise("mlp", "linear + ReLU or GELU (MLP first half): dx, dW, db", ops,
              ("linear_act_forward",),
              ("linear_backward", "relu_backward", "gelu_backward", "linear_act_backward"),
              f"{OPS_LETTERS}\n{ACCUMULATE}\nWrite the three small backwards, then linear_act_backward from them;\n"
              "the check runs linear_act_backward with act='relu' and with act='gelu'.",
-             (("relu", mlp_problem("relu")), ("gelu", mlp_problem("gelu")))),
+             (("act=relu", mlp_problem("relu")), ("act=gelu", mlp_problem("gelu")))),
     Exercise("rnn_cell", "one Elman tanh RNN step: dxp, dh_prev, dW_hh, db_hh", recurrent,
              ("rnn_cell_forward",), ("rnn_cell_backward",), f"{RNN_LETTERS}\n{ACCUMULATE}",
              (("", rnn_problem),)),

@@ -77,7 +77,7 @@ def format_result(result) -> str:
                 f"write its body and check again")
     rows, hints = [], []
     for label, r in result["rows"]:
-        name = f"{r['name']} [act={label}]" if label else r["name"]
+        name = f"{r['name']} [{label}]" if label else r["name"]
         rows.append((name, str(r["shape"]), "OK" if r["ok"] else "FAIL", f"{r['max_rel_err']:.1e}",
                      f"{r['max_abs_diff']:.1e}"))
         if not r["ok"]:
