@@ -68,6 +68,16 @@ def test_blank_template_fails_as_not_written(name, tmp_path):
     assert code == 1 and "not written yet" in out, out + err
 
 
+def test_half_written_attention_shows_the_written_case_and_fails(tmp_path):
+    """window=None written, the window branch still raising: its rows are shown, the check still exits 1."""
+    text = solution("attention")
+    text = text[:text.index("    # split every (query t, key s) pair")] + "    " + template.NOT_WRITTEN + "\n"
+    code, out, err = run("exercise", "check", write(tmp_path, "half.py", text), cwd=tmp_path)
+    assert code == 1, out + err
+    assert "dv [window=None]  (1, 2, 4, 3)  OK" in out and "[window=1]" not in out.split("FAIL,")[0]
+    assert "attention_backward is not written yet for window=1" in out
+
+
 # (exercise, reference text, edited text, gradients the edit breaks)
 CE = {"dlogits [scale=None]", "dlogits [scale=0.5]"}
 WRONG = [

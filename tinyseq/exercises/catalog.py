@@ -229,7 +229,8 @@ EXERCISES = {ex.name: ex for ex in [
              f"{OPS_LETTERS}\nThe check calls attention_backward with window=None (dq, dk, dv) and with\n"
              "window=1 (dq, dk, dv, dk_far, dv_far). For the window it differentiates a forward in which query t\n"
              "reads keys and values more than 1 step back from copies k_far, v_far: their gradients are\n"
-             "dk_far, dv_far (start with window=None; the window branch is a second step).",
+             "dk_far, dv_far. Write window=None first: while the window branch still raises\n"
+             "NotImplementedError, the check shows the window=None gradients and says the rest is not written.",
              (("window=None", attention_problem(None)), ("window=1", attention_problem(1)))),
     Exercise("mlp", "linear + ReLU or GELU (MLP first half): dx, dW, db", ops,
              ("linear_act_forward",),

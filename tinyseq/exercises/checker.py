@@ -155,5 +155,5 @@ def check_file(path: str, seed: int = 0) -> dict:
         try:
             rows += [(label, row) for row in check_case(ex, module, build(np.random.default_rng(seed)), path)]
         except NotWritten as e:
-            return dict(exercise=ex, status="not written", function=e.args[0], rows=rows)
+            return dict(exercise=ex, status="not written", function=e.args[0], case=label, rows=rows)
     return dict(exercise=ex, status="ok" if all(r["ok"] for _, r in rows) else "fail", rows=rows)

@@ -68,15 +68,27 @@ def check_cmd(path, seed):
 
 
 def format_result(result) -> str:
-    """The check's table, one hint per FAIL, and a closing line."""
+    """The check's table and one hint per FAIL (for the cases that ran), then a closing line."""
+    ex, checked = result["exercise"], result["rows"]
+    lines = _table(ex, checked) if checked else []
+    n_bad, n = sum(not r["ok"] for _, r in checked), len(checked)
+    if result["status"] == "not written":
+        case = f" for {result['case']}" if result["case"] and checked else ""
+        lines.append(f"{ex.name}: FAIL, {result['function']} is not written yet{case} (it raises "
+                     f"NotImplementedError); write it and check again")
+    elif n_bad:
+        lines.append(f"{ex.name}: {n_bad} of {n} gradients FAIL")
+    else:
+        lines.append(f"{ex.name}: {'all ' + str(n) + ' gradients are' if n > 1 else 'the gradient is'} OK")
+    return "\n".join(lines)
+
+
+def _table(ex, checked) -> list[str]:
+    """Header sentence, one row per gradient (OK / FAIL, errors), and the hints of the FAIL rows."""
     from tinyseq.report import tabulate
 
-    ex = result["exercise"]
-    if result["status"] == "not written":
-        return (f"{ex.name}: FAIL, {result['function']} is not written yet (it raises NotImplementedError); "
-                f"write its body and check again")
     rows, hints = [], []
-    for label, r in result["rows"]:
+    for label, r in checked:
         name = f"{r['name']} [{label}]" if label else r["name"]
         rows.append((name, str(r["shape"]), "OK" if r["ok"] else "FAIL", f"{r['max_rel_err']:.1e}",
                      f"{r['max_abs_diff']:.1e}"))
@@ -84,13 +96,9 @@ def format_result(result) -> str:
             hint = (f"hint: {name} is off first at index {r['index']}: expected {r['expected']:.6g} "
                     f"(finite differences), got {r['got']:.6g}")
             hints.append(hint + (f"; {r['pattern']}" if r["pattern"] else ""))
-    src = ex.source
-    lines = [f"{ex.name}: your {ex.backward} vs central finite differences of the forward in {src} "
+    lines = [f"{ex.name}: your {ex.backward} vs central finite differences of the forward in {ex.source} "
              f"(float64, random upstream gradient, tolerance {checker.REL_TOL:g})",
              tabulate(rows, headers=["gradient", "shape", "check", "max rel err", "max abs diff"]), *hints]
-    if any(r["max_rel_err"] == 0 for _, r in result["rows"]):
+    if any(r["max_rel_err"] == 0 for _, r in checked):
         lines.append("(a rel err of 0: every difference is below the rounding noise of the finite differences)")
-    n_bad, n = sum(not r["ok"] for _, r in result["rows"]), len(rows)
-    lines.append(f"{ex.name}: {n_bad} of {n} gradients FAIL" if n_bad else
-                 f"{ex.name}: {'all ' + str(n) + ' gradients are' if n > 1 else 'the gradient is'} OK")
-    return "\n".join(lines)
+    return lines
