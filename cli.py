@@ -685,6 +685,10 @@ def compare_cmd(process_spec, grid, seeds, seconds, steps, workers, threads, hor
         sys.exit(1)
 
 
+from tinyseq.exercises.cli import exercise_group  # noqa: E402  (backward-pass exercises)
+cli.add_command(exercise_group)
+
+
 # ---------------------------------------------------------------------------------------------------------
 def main(argv=None) -> None:
     """Entry point of the `tinyseq` console script and of `python cli.py`."""
