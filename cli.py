@@ -11,7 +11,17 @@ import sys
 import click
 
 import tinyseq
+from tinyseq import gradcheck, plot, report, runs
+from tinyseq.analysis import analyse
+from tinyseq.beliefs import catalogue_summary, process_facts
 from tinyseq.errors import TinyseqError
+from tinyseq.exercises.cli import exercise_group
+from tinyseq.lab import bench, compare
+from tinyseq.models import KINDS, config_to_dict, model_options
+from tinyseq.progress import Progress, compare_progress
+from tinyseq.runs import flag
+from tinyseq.threads import set_threads
+from tinyseq.train import train, train_options
 
 
 def fail(message: str) -> None:
@@ -42,8 +52,6 @@ def cli(ctx, debug):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list instead of the table.")
 def processes_cmd(as_json):
     """Table of the process catalogue: sizes, entropy rate, MSP size, observability ranks."""
-    from tinyseq import report
-    from tinyseq.beliefs import catalogue_summary
 
     rows = catalogue_summary()
     if as_json:
@@ -67,8 +75,6 @@ def process_group():
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 def process_show_cmd(spec, depth, horizon, context, rank_horizon, as_json):
     """Exact facts about process SPEC (a catalogue name like mess3:x=0.15,a=0.6, or a JSON file)."""
-    from tinyseq import report
-    from tinyseq.beliefs import process_facts
 
     proc = tinyseq.process(spec)
     facts = process_facts(proc, depth=depth, horizon=horizon, context=context, rank_horizon=rank_horizon)
@@ -89,7 +95,6 @@ def gradcheck_cmd(kind, as_json):
     The loss is sum(logits * dout) with a random dout, so no gradient can vanish by construction. Exits 1 if
     any tensor's relative error reaches the threshold (1e-6).
     """
-    from tinyseq import gradcheck, report
 
     results = gradcheck.run(kind)
     failed = any(not r["ok"] for _, _, rows in results for r in rows)
@@ -104,18 +109,12 @@ def gradcheck_cmd(kind, as_json):
 
 # ---------------------------------------------------------------------------------------------------------
 # train: model and training options are generated from TransformerConfig / RecurrentConfig / TrainConfig
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _model_kinds() -> list[str]:
-    from tinyseq.models import KINDS
     return list(KINDS)
 
 
 def _model_flags(f):
     """One click option per model config field (all kinds share one set; d_vocab comes from the process)."""
-    from tinyseq.models import KINDS, model_options
 
     for opt in reversed(model_options()):
         defaults = opt["default"]
@@ -125,96 +124,23 @@ def _model_flags(f):
         shown = "; ".join(f"{'/'.join(ks) if len(by_value) > 1 or len(ks) < len(KINDS) else 'all'} {v}"
                           for v, ks in by_value.items())
         only = "" if len(opt["kinds"]) == len(KINDS) else f"{'/'.join(opt['kinds'])} only. "
-        f = click.option(_flag(opt["name"]), opt["name"], type=opt["type"], default=None,
+        f = click.option(flag(opt["name"]), opt["name"], type=opt["type"], default=None,
                          metavar=opt["type"].__name__.upper(), help=f"{only}{opt['help']} [default: {shown}]")(f)
     return f
 
 
 def _train_flags(f):
     """One click option per TrainConfig field."""
-    from tinyseq.train import train_options
 
     for opt in reversed(train_options()):
         if opt["type"] is tuple:
-            f = click.option(_flag(opt["name"]), opt["name"], type=(float, float), default=None,
+            f = click.option(flag(opt["name"]), opt["name"], type=(float, float), default=None,
                              help=f"{opt['help']} [default: {' '.join(map(str, opt['default']))}]")(f)
             continue
         shown = "" if opt["default"] is None else f" [default: {opt['default']}]"
-        f = click.option(_flag(opt["name"]), opt["name"], type=opt["type"], default=None,
+        f = click.option(flag(opt["name"]), opt["name"], type=opt["type"], default=None,
                          metavar=opt["type"].__name__.upper(), help=f"{opt['help']}{shown}")(f)
     return f
-
-
-class _Progress:
-    """The training callback: a one-line bar redrawn in place on a terminal, plain periodic lines otherwise."""
-
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.last_draw = 0.0
-        self.on_line = False             # a bar is drawn and the cursor is at its end
-        self.rate = None                 # smoothed tokens/s
-        self.loss = None                 # smoothed training loss
-        self.gap = None                  # last evaluation
-
-    def _write(self, text, newline):
-        if self.tty:
-            self.stream.write("\r" + text.ljust(self.width) + ("\n" if newline else ""))
-            self.width = len(text)
-            self.on_line = not newline
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    width = 0
-
-    def close(self):
-        if self.on_line:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.on_line = False
-
-    def line(self, ev) -> str:
-        if ev.get("steps"):
-            done = ev["step"] / ev["steps"]
-            where = f"step {ev['step']}/{ev['steps']}"
-        else:
-            done = min(1.0, ev["seconds"] / ev["time"])
-            where = f"step {ev['step']} {ev['seconds']:.0f}/{ev['time']:g} s"
-        bar = "#" * int(20 * done) + "-" * (20 - int(20 * done))
-        text = f"{where} [{bar}] {self.rate / 1e3:6.1f}k tok/s  loss {self.loss:.4f}"
-        if self.gap is not None:
-            text += f"  gap {self.gap['gap_nats']:.5f} nats ({self.gap['gap_percent']:.2f}%) @{self.gap['step']}"
-        return text
-
-    def __call__(self, ev):
-        import time
-
-        kind = ev["event"]
-        if kind == "start":
-            what = f"{ev['steps']} steps" if ev["steps"] else f"{ev['time']:g} s"
-            obj = ev.get("objective") or {}
-            trained = "" if obj.get("objective", "ntp") == "ntp" else f", objective {obj['objective']}"
-            trained += "" if obj.get("myopia") is None else f", myopia {obj['myopia']}"
-            msg = (f"training a {ev['kind']} ({ev['params']:,} parameters{trained}) for {what} from step "
-                   f"{ev['step']}; Bayes floor {ev['floor_nats']:.5f} nats")
-            self._write(msg, True)
-            self.last_draw = time.perf_counter()
-        elif kind == "step":
-            self.rate = ev["tokens_per_s"] if self.rate is None else 0.9 * self.rate + 0.1 * ev["tokens_per_s"]
-            self.loss = ev["loss"] if self.loss is None else 0.95 * self.loss + 0.05 * ev["loss"]
-            now = time.perf_counter()
-            if now - self.last_draw >= (0.1 if self.tty else 10.0):
-                self._write(self.line(ev), False)
-                self.last_draw = now
-        elif kind == "eval":
-            self.gap = ev
-            if not self.tty:
-                self._write(f"eval step {ev['step']}: loss {ev['mean_nats']:.5f} nats, floor {ev['floor_nats']:.5f}, "
-                            f"gap {ev['gap_nats']:.5f} ({ev['gap_percent']:.2f}%)", False)
-                self.last_draw = time.perf_counter()
-        elif kind == "end":
-            self.close()
 
 
 @cli.command("train")
@@ -244,124 +170,15 @@ def train_cmd(process_spec, kind, preset, out, resume, overwrite, as_json, **opt
     --objective mtp:N trains N heads (head i predicts x_{t+i}); --myopia M cuts the gradient from the loss at t
     into positions before t-M. Evaluation always uses head 1 against the next-token floor.
     """
-    from tinyseq.models import model_options
-    from tinyseq.train import TrainConfig, train_options
 
-    model_names = {o["name"]: o for o in model_options()}
-    train_names = [o["name"] for o in train_options()]
-    given_model = {k: v for k, v in options.items() if k in model_names and v is not None}
-    given_train = {k: v for k, v in options.items() if k in train_names and v is not None}
-    if "betas" in given_train:
-        given_train["betas"] = tuple(given_train["betas"])
+    given_model, given_train = runs.split_options(options)
     if resume is not None:
-        return _train_resume(resume, process_spec, kind, preset, out, given_model, given_train, as_json)
-
-    if process_spec is None:
-        fail("--process is required: e.g. --process mess3 (or --resume DIR to continue a run)")
-    if out is None:
-        fail("--out DIR is required: the directory for model.npz and summary.json")
-    kind = kind or "transformer"
-    for name, value in given_model.items():
-        if kind not in model_names[name]["kinds"]:
-            fail(f"{_flag(name)} applies to --model {'/'.join(model_names[name]['kinds'])}, not --model {kind}")
-    proc = tinyseq.process(process_spec)
-    overrides = {}
-    train_defaults = {}
-    if preset == "paper":
-        import dataclasses
-
-        from tinyseq.nn.transformer import paper_config
-        from tinyseq.train import PAPER_TRAIN
-
-        if kind != "transformer":
-            fail(f"--preset paper is the published transformer; it has no {kind} version: drop --preset")
-        paper = paper_config(proc.name)
-        if paper.d_vocab != proc.vocab:
-            fail(f"--preset paper was published for {proc.name.split(':')[0]} with {paper.d_vocab} tokens, "
-                 f"but {proc.label} has {proc.vocab}")
-        overrides = {k: v for k, v in dataclasses.asdict(paper).items() if k != "d_vocab"}
-        train_defaults = dict(PAPER_TRAIN[proc.name.split(":")[0].lower()])
-    overrides.update(given_model)
-    config = TrainConfig(**{**train_defaults, **given_train}).validate()
-    from tinyseq.models import build_model, make_config
-    from tinyseq.objectives import objective_from
-
-    overrides["n_future"] = objective_from(config).heads     # --objective mtp:N: N output heads
-
-    from tinyseq.train import check_memory
-
-    check_memory(make_config(kind, overrides, proc.vocab), config)   # check the sizes before touching the disk
-    out = _prepare_out(out, overwrite)
-    model = build_model(kind, overrides, proc.vocab, config.dtype, config.seed, config.backend)
-    return _train_run(proc, model, config, out, None, as_json)
-
-
-def _prepare_out(out: str, overwrite: bool) -> str:
-    """Create --out (one-line errors for a file in the way, no permission, or an existing run)."""
-    from tinyseq.checkpoint import CHECKPOINT_NAME
-
-    if os.path.exists(out) and not os.path.isdir(out):
-        fail(f"--out {out} is a file; give a directory for model.npz and summary.json")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        fail(f"cannot create --out {out}: {e.strerror or e}")
-    if not os.access(out, os.W_OK | os.X_OK):
-        fail(f"--out {out} is not writable: choose another directory")
-    ckpt = os.path.join(out, CHECKPOINT_NAME)
-    if os.path.exists(ckpt) and not overwrite:
-        fail(f"{out} already holds a run ({CHECKPOINT_NAME}): continue it with --resume {out}, "
-             f"replace it with --overwrite, or choose another --out")
-    return out
-
-
-def _train_resume(resume, process_spec, kind, preset, out, given_model, given_train, as_json):
-    """--resume: the run's own settings, with only performance options (threads, backend) and the
-    evaluation / checkpoint cadence allowed to change; anything else given must equal the saved value."""
-    from tinyseq.checkpoint import CHECKPOINT_NAME
-    from tinyseq.models import model_kind
-    from tinyseq.train import load_run
-
-    path = os.path.join(resume, CHECKPOINT_NAME) if os.path.isdir(resume) else resume
-    folder = os.path.dirname(os.path.abspath(path))
-    if out is not None and os.path.abspath(out) != folder:
-        fail(f"--resume continues the run in {folder} and writes there: drop --out {out}")
-    if preset is not None:
-        fail("--preset does not apply to --resume: the run keeps its own model")
-    proc, model, config, state = load_run(path, backend=given_train.get("backend"))
-    if state.finished:
-        fail(f"the run in {folder} already finished ({state.step} steps); start a new one with --out")
-    if process_spec is not None:
-        given = tinyseq.process(process_spec)
-        if given.T.shape != proc.T.shape or not (given.T == proc.T).all():
-            fail(f"the run in {folder} was trained on {proc.label}, not {given.label}: drop --process")
-    if kind is not None and kind != model_kind(model):
-        fail(f"the run in {folder} is a {model_kind(model)}, not a {kind}: drop --model")
-    for name, value in given_model.items():
-        saved = getattr(model.config, name, None)
-        if saved != value:
-            fail(f"the run in {folder} has {_flag(name)} {saved}; --resume continues it unchanged: drop {_flag(name)}")
-    changeable = ("threads", "backend", "eval_every", "checkpoint_every")
-    import dataclasses
-
-    for name, value in given_train.items():
-        saved = getattr(config, name)
-        if name not in changeable and saved != value:
-            fail(f"the run in {folder} has {_flag(name)} {saved}; --resume continues it unchanged: drop {_flag(name)}")
-    config = dataclasses.replace(config, **{k: v for k, v in given_train.items() if k in changeable})
-    return _train_run(proc, model, config, folder, state, as_json)
-
-
-def _train_run(proc, model, config, out, state, as_json):
-    from tabulate import tabulate
-
-    from tinyseq.train import train
-
-    progress = _Progress()
-    try:
-        summary = train(proc, model, config, out=out, callback=progress, state=state)
-    finally:
-        progress.close()
+        proc, model, config, state, out = runs.resume_run(resume, process_spec, kind, preset, out, given_model,
+                                                          given_train)
+    else:
+        proc, model, config, out = runs.new_run(process_spec, kind, preset, given_model, given_train, out, overwrite)
+        state = None
+    summary = _train_with_progress(proc, model, config, out, state)
     if summary["status"] == "interrupted":
         where = (f"checkpoint of step {summary['steps']} saved to {summary['checkpoint']}" if summary["checkpoint"]
                  else "no checkpoint saved")
@@ -369,20 +186,16 @@ def _train_run(proc, model, config, out, state, as_json):
         if as_json:
             emit_json(summary)
         sys.exit(130)
-    if as_json:
-        emit_json(summary)
-        return
-    loss = summary["loss"]
-    rows = [[p["position"], f"{p['loss_nats']:.5f}", f"{p['floor_nats']:.5f}", f"{p['gap_nats']:.5f}"]
-            for p in loss["per_position"]]
-    click.echo(tabulate(rows, headers=["position L", "loss (nats)", "floor h(L)", "gap"], tablefmt="simple"))
-    rate = f"{summary['tokens_per_s']:,.0f}" if summary["tokens_per_s"] else "-"
-    click.echo(f"{summary['steps']} steps, {summary['tokens']:,} tokens in {summary['seconds']:.1f} s "
-               f"({rate} tokens/s)")
-    floor = "Bayes floor" if loss["floor_exact"] else "estimated floor"
-    click.echo(f"loss {loss['mean_nats']:.5f} nats vs {floor} {loss['floor_nats']:.5f}: gap {loss['gap_nats']:.5f} "
-               f"nats ({loss['gap_percent']:.2f}% of the floor)")
-    click.echo(f"checkpoint: {summary['checkpoint']}  (tinyseq.load(path) in Python)")
+    emit_json(summary) if as_json else click.echo(report.train_summary(summary))
+
+
+def _train_with_progress(proc, model, config, out, state=None) -> dict:
+
+    progress = Progress()
+    try:
+        return train(proc, model, config, out=out, callback=progress, state=state)
+    finally:
+        progress.close()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -407,7 +220,6 @@ def _int_list(text: str, what: str) -> list[int]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def bench_cmd(models, batches, threads_, quick, no_torch, as_json):
     """Training tokens/s of tinyseq (Numba and NumPy backends) vs PyTorch eager, interleaved, medians."""
-    from tinyseq.lab import bench
 
     result = bench.run(models=[m.strip() for m in models.split(",") if m.strip()],
                        batches=_int_list(batches, "batches"), threads=_int_list(threads_, "threads"),
@@ -438,14 +250,12 @@ def _analysis_options(f):
 
 
 def _run_analysis(model, proc, horizon, seed, eval_set, weighting):
-    from tinyseq.analysis import analyse
 
     return analyse(model, proc, horizon=horizon, seed=seed, eval_set=eval_set, weighting=weighting, points=True)
 
 
 def _print_analysis(a, png, as_json, extra=None, before=()):
     """Tables and picture (or JSON) of one analysis; the picture's points never go into the JSON."""
-    from tinyseq import plot, report
 
     pic = a["picture"]
     true, probed = pic.pop("true"), pic.pop("probed")
@@ -461,13 +271,6 @@ def _print_analysis(a, png, as_json, extra=None, before=()):
     click.echo(report.probe_report(a, picture))
     if png:
         click.echo(f"picture written to {png}")
-
-
-def _checkpoint_path(path: str) -> str:
-    from tinyseq.checkpoint import CHECKPOINT_NAME
-
-    inside = os.path.join(path, CHECKPOINT_NAME)
-    return inside if os.path.isdir(path) and os.path.isfile(inside) else path
 
 
 def _check_png(png):
@@ -496,25 +299,12 @@ def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_js
     \b
         tinyseq probe runs/demo-mess3-transformer/model.npz
     """
-    from tinyseq.threads import set_threads
-
     _check_png(png)
     if threads is not None and threads < 1:
         fail(f"--threads must be a positive integer, got {threads}")
     set_threads(threads)
-    path = _checkpoint_path(checkpoint)
-    model = tinyseq.load(path)
-    proc = model.process
-    if process_spec is not None:
-        proc = tinyseq.process(process_spec)
-    if proc is None:
-        fail(f"{path} does not record its process: pass --process SPEC (e.g. --process mess3)")
-    if model.config.d_vocab != proc.vocab:
-        fail(f"the checkpoint's model reads {model.config.d_vocab} token values but {proc.label} has {proc.vocab}: "
-             f"pass the --process it was trained on")
+    path, model, proc = runs.load_for_probe(checkpoint, process_spec)
     a = _run_analysis(model, proc, horizon, seed, eval_set, weighting)
-    from tinyseq.models import config_to_dict
-
     extra = {"checkpoint": path, "model": config_to_dict(model.config)}
     _print_analysis(a, png, as_json, extra, before=[f"{path}: a {model.kind} trained on "
                                                     f"{model.meta.get('process', proc.label)}, probed on {proc.label}"])
@@ -543,46 +333,13 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
 
     Model sizes take the same options as `tinyseq train` (e.g. --d-model 16 --n-layers 1).
     """
-    from tinyseq import report
-    from tinyseq.beliefs import myopic_entropies, observability_ranks
-    from tinyseq.models import build_model, config_to_dict, make_config, model_options as all_model_options
-    from tinyseq.train import TrainConfig, train
-
     _check_png(png)
-    names = {o["name"]: o for o in all_model_options()}
-    overrides = {k: v for k, v in model_options.items() if v is not None}
-    for name in overrides:
-        if kind not in names[name]["kinds"]:
-            fail(f"{_flag(name)} applies to --model {'/'.join(names[name]['kinds'])}, not --model {kind}")
-    proc = tinyseq.process(process_spec)
-    config = TrainConfig(time=seconds, seed=seed, threads=threads).validate()
-    cfg = make_config(kind, overrides, proc.vocab)
-    from tinyseq.train import check_memory
-
-    check_memory(cfg, config)                                # sizes that cannot fit: refuse before the disk
-    n_ctx = cfg.n_ctx
-    if horizon is not None and not 1 <= horizon < n_ctx:
-        fail(f"--horizon {horizon} needs {horizon + 1} tokens but the context is {n_ctx}: use 1..{n_ctx - 1}")
-    if out is None:
-        base = os.path.splitext(os.path.basename(proc.name.split(":")[0]))[0] or "process"
-        out = os.path.join("runs", f"demo-{base}-{kind}")
-    out = _prepare_out(out, overwrite=True)
-    model = build_model(kind, overrides, proc.vocab, config.dtype, config.seed, config.backend)
-
+    given_model = {k: v for k, v in model_options.items() if v is not None}
+    proc, model, config, out = runs.demo_run(process_spec, kind, seconds, seed, threads, given_model, horizon, out)
     if not as_json:
-        facts = {"name": proc.label, "states": proc.n_states, "vocab": proc.vocab, "symbols": list(proc.symbols),
-                 "context": n_ctx, "ranks": observability_ranks(proc)}
-        try:
-            facts["floor_nats"] = float(myopic_entropies(proc, n_ctx + 1)[1:].mean())
-        except TinyseqError:
-            facts["floor_nats"] = float("nan")
-        click.echo(report.demo_intro(facts))
+        click.echo(report.demo_intro(runs.demo_facts(proc, model.config.n_ctx)))
         click.echo(f"\nTraining a {kind} ({model.params.size:,} parameters) for {seconds:g} s; progress on stderr.")
-    progress = _Progress()
-    try:
-        summary = train(proc, model, config, out=out, callback=progress)
-    finally:
-        progress.close()
+    summary = _train_with_progress(proc, model, config, out)
     if summary["status"] == "interrupted":
         where = summary["checkpoint"] or "no checkpoint saved"
         click.echo(f"tinyseq: interrupted; checkpoint: {where}; continue with: tinyseq train --resume {out}, "
@@ -590,10 +347,9 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
         sys.exit(130)
     a = _run_analysis(model, proc, horizon, seed, eval_set, weighting)
     path = summary["checkpoint"]
-    train_line = (f"Trained {summary['steps']:,} steps ({summary['tokens']:,} tokens) in {summary['seconds']:.1f} s.")
     extra = {"checkpoint": path, "model": config_to_dict(model.config),
              "training": {k: v for k, v in summary.items() if k not in ("loss", "model")}}
-    _print_analysis(a, png, as_json, extra, before=["", train_line])
+    _print_analysis(a, png, as_json, extra, before=["", report.trained_line(summary)])
     if not as_json:
         click.echo(f"\ncheckpoint: {path}\nlook again with: tinyseq probe {path}")
 
@@ -636,7 +392,6 @@ def compare_cmd(process_spec, grid, seeds, seconds, steps, workers, threads, hor
     Every finished run is saved at once under --out; re-running the same command reuses it and trains only
     what is missing (a changed setting reruns). The random-init control is skipped here to keep runs cheap.
     """
-    from tinyseq.lab import compare
 
     if seeds < 1:
         fail(f"--seeds must be at least 1, got {seeds}")
@@ -646,29 +401,10 @@ def compare_cmd(process_spec, grid, seeds, seconds, steps, workers, threads, hor
         fail(f"--steps-per-run must be a positive integer, got {steps}")
     variants = compare.parse_grid(grid if grid is not None else compare.DEFAULT_GRID)
     proc = tinyseq.process(process_spec)
-    if out is None:
-        base = os.path.splitext(os.path.basename(proc.name.split(":")[0]))[0] or "process"
-        out = os.path.join("runs", f"compare-{base}")
+    out = out or runs.default_out(proc, "compare")
     if os.path.exists(out) and not os.path.isdir(out):
         fail(f"--out {out} is a file, not a directory")
-
-    def progress(ev):
-        kind = ev["event"]
-        if kind == "plan":
-            where = (f"on the Dask cluster at {ev['dask']}" if ev["dask"] else
-                     f"{ev['workers']} worker{'s' if ev['workers'] > 1 else ''} x {ev['threads_per_run']} "
-                     f"thread{'s' if ev['threads_per_run'] > 1 else ''}")
-            msg = f"{ev['runs']} runs ({ev['cached']} already saved in {out}), {ev['todo']} to train {where}"
-            if ev["todo"] and ev["workers"] and ev["seconds"]:
-                rounds = -(-ev["todo"] // ev["workers"])
-                msg += f": about {rounds * (ev['seconds'] + 8) / 60:.0f} min"
-            click.echo(msg, err=True)
-        elif kind == "finished":
-            click.echo(f"[{ev['done']}/{ev['runs']}] {ev['variant']} seed {ev['seed']}: gap {ev['gap_nats']:.2e} "
-                       f"nats ({ev['seconds']:.0f} s)", err=True)
-        elif kind == "failed":
-            click.echo(f"{ev['variant']} seed {ev['seed']} failed: {ev['error']}", err=True)
-
+    progress = compare_progress(out, lambda text: click.echo(text, err=True))
     result = compare.run_grid(proc, variants, seeds=seeds, seconds=seconds, steps=steps, workers=workers,
                               threads_per_run=threads, out=out, horizon=horizon, dask=dask, callback=progress)
     if as_json:
@@ -685,8 +421,7 @@ def compare_cmd(process_spec, grid, seeds, seconds, steps, workers, threads, hor
         sys.exit(1)
 
 
-from tinyseq.exercises.cli import exercise_group  # noqa: E402  (backward-pass exercises)
-cli.add_command(exercise_group)
+cli.add_command(exercise_group)   # tinyseq exercise list | start | check (tinyseq/exercises/)
 
 
 # ---------------------------------------------------------------------------------------------------------

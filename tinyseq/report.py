@@ -290,6 +290,25 @@ def probe_report(a: dict, picture_text: str | None = None) -> str:
     return "\n".join(parts)
 
 
+def train_summary(summary: dict) -> str:
+    """What `tinyseq train` prints at the end: loss per position next to its floor, speed, checkpoint."""
+    loss = summary["loss"]
+    rows = [[p["position"], f"{p['loss_nats']:.5f}", f"{p['floor_nats']:.5f}", f"{p['gap_nats']:.5f}"]
+            for p in loss["per_position"]]
+    rate = f"{summary['tokens_per_s']:,.0f}" if summary["tokens_per_s"] else "-"
+    floor = "Bayes floor" if loss["floor_exact"] else "estimated floor"
+    return "\n".join([
+        tabulate(rows, headers=["position L", "loss (nats)", "floor h(L)", "gap"], colalign=("right",) * 4),
+        f"{summary['steps']} steps, {summary['tokens']:,} tokens in {summary['seconds']:.1f} s ({rate} tokens/s)",
+        f"loss {loss['mean_nats']:.5f} nats vs {floor} {loss['floor_nats']:.5f}: gap {loss['gap_nats']:.5f} "
+        f"nats ({loss['gap_percent']:.2f}% of the floor)",
+        f"checkpoint: {summary['checkpoint']}  (tinyseq.load(path) in Python)"])
+
+
+def trained_line(summary: dict) -> str:
+    return f"Trained {summary['steps']:,} steps ({summary['tokens']:,} tokens) in {summary['seconds']:.1f} s."
+
+
 def demo_intro(f: dict) -> str:
     """The process facts `tinyseq demo` starts with."""
     r = f["ranks"]

@@ -1,0 +1,98 @@
+"""What a person watches while tinyseq trains: a one-line bar redrawn in place on a terminal, plain
+periodic lines otherwise (a log file, CI). Both are callbacks of the event dicts train() and compare emit;
+nothing here computes anything."""
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    """The training callback: a one-line bar redrawn in place on a terminal, plain periodic lines otherwise."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.last_draw = 0.0
+        self.on_line = False             # a bar is drawn and the cursor is at its end
+        self.rate = None                 # smoothed tokens/s
+        self.loss = None                 # smoothed training loss
+        self.gap = None                  # last evaluation
+
+    def _write(self, text, newline):
+        if self.tty:
+            self.stream.write("\r" + text.ljust(self.width) + ("\n" if newline else ""))
+            self.width = len(text)
+            self.on_line = not newline
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    width = 0
+
+    def close(self):
+        if self.on_line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.on_line = False
+
+    def line(self, ev) -> str:
+        if ev.get("steps"):
+            done = ev["step"] / ev["steps"]
+            where = f"step {ev['step']}/{ev['steps']}"
+        else:
+            done = min(1.0, ev["seconds"] / ev["time"])
+            where = f"step {ev['step']} {ev['seconds']:.0f}/{ev['time']:g} s"
+        bar = "#" * int(20 * done) + "-" * (20 - int(20 * done))
+        text = f"{where} [{bar}] {self.rate / 1e3:6.1f}k tok/s  loss {self.loss:.4f}"
+        if self.gap is not None:
+            text += f"  gap {self.gap['gap_nats']:.5f} nats ({self.gap['gap_percent']:.2f}%) @{self.gap['step']}"
+        return text
+
+    def __call__(self, ev):
+        kind = ev["event"]
+        if kind == "start":
+            what = f"{ev['steps']} steps" if ev["steps"] else f"{ev['time']:g} s"
+            obj = ev.get("objective") or {}
+            trained = "" if obj.get("objective", "ntp") == "ntp" else f", objective {obj['objective']}"
+            trained += "" if obj.get("myopia") is None else f", myopia {obj['myopia']}"
+            msg = (f"training a {ev['kind']} ({ev['params']:,} parameters{trained}) for {what} from step "
+                   f"{ev['step']}; Bayes floor {ev['floor_nats']:.5f} nats")
+            self._write(msg, True)
+            self.last_draw = time.perf_counter()
+        elif kind == "step":
+            self.rate = ev["tokens_per_s"] if self.rate is None else 0.9 * self.rate + 0.1 * ev["tokens_per_s"]
+            self.loss = ev["loss"] if self.loss is None else 0.95 * self.loss + 0.05 * ev["loss"]
+            now = time.perf_counter()
+            if now - self.last_draw >= (0.1 if self.tty else 10.0):
+                self._write(self.line(ev), False)
+                self.last_draw = now
+        elif kind == "eval":
+            self.gap = ev
+            if not self.tty:
+                self._write(f"eval step {ev['step']}: loss {ev['mean_nats']:.5f} nats, floor {ev['floor_nats']:.5f}, "
+                            f"gap {ev['gap_nats']:.5f} ({ev['gap_percent']:.2f}%)", False)
+                self.last_draw = time.perf_counter()
+        elif kind == "end":
+            self.close()
+
+
+def compare_progress(out, echo):
+    """The callback of `tinyseq compare`: a line per planned / finished / failed run. echo(text) prints."""
+    def progress(ev):
+        kind = ev["event"]
+        if kind == "plan":
+            where = (f"on the Dask cluster at {ev['dask']}" if ev["dask"] else
+                     f"{ev['workers']} worker{'s' if ev['workers'] > 1 else ''} x {ev['threads_per_run']} "
+                     f"thread{'s' if ev['threads_per_run'] > 1 else ''}")
+            msg = f"{ev['runs']} runs ({ev['cached']} already saved in {out}), {ev['todo']} to train {where}"
+            if ev["todo"] and ev["workers"] and ev["seconds"]:
+                rounds = -(-ev["todo"] // ev["workers"])
+                msg += f": about {rounds * (ev['seconds'] + 8) / 60:.0f} min"
+            echo(msg)
+        elif kind == "finished":
+            echo(f"[{ev['done']}/{ev['runs']}] {ev['variant']} seed {ev['seed']}: gap {ev['gap_nats']:.2e} "
+                 f"nats ({ev['seconds']:.0f} s)")
+        elif kind == "failed":
+            echo(f"{ev['variant']} seed {ev['seed']} failed: {ev['error']}")
+    return progress
