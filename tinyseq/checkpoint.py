@@ -222,6 +222,16 @@ def load(path) -> Checkpoint:
     kind = config_dict["kind"].lower()
     spec = (transformer.param_spec if kind == "transformer" else recurrent.param_spec)(config)
 
+    tensors, dtype = _check_tensors(path, arrays, spec, kind, meta)
+    adam_m, adam_v = _check_moments(path, arrays, spec, dtype)
+    if process_spec is not None and not isinstance(process_spec, dict):
+        raise TinyseqError(f"checkpoint {path}: {PROCESS_KEY} must be a JSON object (name, symbols, T)")
+    return Checkpoint(path=path, kind=kind, config=config, dtype=dtype, tensors=tensors,
+                      process_spec=process_spec, meta=meta, adam_m=adam_m, adam_v=adam_v)
+
+
+def _check_tensors(path, arrays, spec, kind, meta):  # -> ({name: tensor}, dtype): every tensor the config needs
+    """Names, shapes, dtypes and finiteness of the model's tensors against the config's parameter spec."""
     tensors = {k: v for k, v in arrays.items() if k not in RESERVED}
     expected = dict(spec)
     missing = [name for name, _ in spec if name not in tensors]
@@ -248,7 +258,11 @@ def load(path) -> Checkpoint:
     if len(dtypes) > 1:
         raise TinyseqError(f"checkpoint {path} mixes tensor dtypes {sorted(dtypes)}; expected one")
     dtype = np.dtype(dtypes.pop() if dtypes else meta.get("dtype", "float32"))
+    return tensors, dtype
 
+
+def _check_moments(path, arrays, spec, dtype):  # -> (adam_m, adam_v), both (P,) or both None
+    """The optimiser state, when present, must match the model: both moments, flat (P,), same dtype."""
     size = sum(int(np.prod(shape)) for _, shape in spec)
     moments = []
     for key in (ADAM_M_KEY, ADAM_V_KEY):
@@ -260,10 +274,7 @@ def load(path) -> Checkpoint:
     if (moments[0] is None) != (moments[1] is None):
         raise TinyseqError(f"checkpoint {path} holds only one of {ADAM_M_KEY}, {ADAM_V_KEY}: the optimiser "
                            f"state is incomplete")
-    if process_spec is not None and not isinstance(process_spec, dict):
-        raise TinyseqError(f"checkpoint {path}: {PROCESS_KEY} must be a JSON object (name, symbols, T)")
-    return Checkpoint(path=path, kind=kind, config=config, dtype=dtype, tensors=tensors,
-                      process_spec=process_spec, meta=meta, adam_m=moments[0], adam_v=moments[1])
+    return moments[0], moments[1]
 
 
 def model_from_checkpoint(ckpt: Checkpoint, backend: str | None = None):

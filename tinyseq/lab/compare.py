@@ -343,14 +343,7 @@ def run_grid(process, variants, seeds=DEFAULT_SEEDS, seconds=DEFAULT_SECONDS, st
         raise TinyseqError(f"--time-per-run must be a positive number of seconds, got {seconds!r}")
     emit = callback or (lambda event: None)
     specs = run_specs(process, variants, seeds, seconds, steps, model_overrides, horizon, train_overrides)
-    records, todo = {}, []
-    for spec in specs:
-        saved = load_run(run_file(out, spec), spec) if out else None
-        if saved is not None:
-            records[saved["key"]] = saved
-            emit({"event": "cached", "variant": spec["variant"], "seed": spec["seed"], "path": run_file(out, spec)})
-        else:
-            todo.append(spec)
+    records, todo = _saved_runs(specs, out, emit)
     if dask is None:
         workers, threads_per_run = plan_workers(len(todo), workers, threads_per_run)
     else:
@@ -359,10 +352,36 @@ def run_grid(process, variants, seeds=DEFAULT_SEEDS, seconds=DEFAULT_SECONDS, st
           "workers": workers, "threads_per_run": threads_per_run, "seconds": seconds, "steps": steps,
           "dask": None if dask is None else str(dask), "out": out})
     t0 = time.perf_counter()
-    status = "finished"
-    failed = []
     results = (_dask_results(todo, dask, threads_per_run) if dask is not None
                else _local_results(todo, workers, threads_per_run))
+    status, failed = _collect(results, records, specs, out, emit, t0)
+    ordered = [records[run_key(s)] for s in specs if run_key(s) in records]
+    result = aggregate(process, variants, seeds, ordered, horizon, specs[0]["budget"] if specs else None)
+    result.update({"status": status, "out": out, "n_runs": len(specs), "n_finished": len(ordered),
+                   "n_failed": len(failed), "failed": [{"variant": f["spec"]["variant"], "seed": f["spec"]["seed"],
+                                                        "error": f["error"]} for f in failed],
+                   "workers": workers,
+                   "threads_per_run": threads_per_run, "dask": None if dask is None else str(dask),
+                   "seconds": time.perf_counter() - t0})
+    if out:
+        save_json(os.path.join(out, "compare.json"), result)
+    return result
+
+
+def _saved_runs(specs, out, emit):  # -> ({key: record} already saved under out, [specs still to train])
+    records, todo = {}, []
+    for spec in specs:
+        saved = load_run(run_file(out, spec), spec) if out else None
+        if saved is not None:
+            records[saved["key"]] = saved
+            emit({"event": "cached", "variant": spec["variant"], "seed": spec["seed"], "path": run_file(out, spec)})
+        else:
+            todo.append(spec)
+    return records, todo
+
+
+def _collect(results, records, specs, out, emit, t0):  # -> (status, [failed records]); saves each finished run
+    status, failed = "finished", []
     try:
         for record in results:
             spec = record["spec"]
@@ -386,17 +405,7 @@ def run_grid(process, variants, seeds=DEFAULT_SEEDS, seconds=DEFAULT_SECONDS, st
         close = getattr(results, "close", None)
         if close:
             close()                                  # terminates the pool / cancels the Dask futures
-    ordered = [records[run_key(s)] for s in specs if run_key(s) in records]
-    result = aggregate(process, variants, seeds, ordered, horizon, specs[0]["budget"] if specs else None)
-    result.update({"status": status, "out": out, "n_runs": len(specs), "n_finished": len(ordered),
-                   "n_failed": len(failed), "failed": [{"variant": f["spec"]["variant"], "seed": f["spec"]["seed"],
-                                                        "error": f["error"]} for f in failed],
-                   "workers": workers,
-                   "threads_per_run": threads_per_run, "dask": None if dask is None else str(dask),
-                   "seconds": time.perf_counter() - t0})
-    if out:
-        save_json(os.path.join(out, "compare.json"), result)
-    return result
+    return status, failed
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -509,68 +518,86 @@ def summary_sentence(result: dict) -> str:
         others = [r for r in rows.values() if r["kind"] == kind and r["variant"] != f"{kind}:ntp"]
         if ntp is None or not others:
             continue
-        noise = ntp["gap_nats"]["spread"]
-        if noise is None:
+        if ntp["gap_nats"]["spread"] is None:
             clauses.append(f"with one seed the {kind} rows have no spread to judge noise by (use --seeds 3)")
             continue
-        noise = max(noise, 1e-12)
-        limit = NOISE_SPREADS * noise
-        same, costs, gains = [], [], []
-        for r in others:
-            d = r["vs_ntp_nats"]["mean"] if r["vs_ntp_nats"] else None
-            if d is None:
-                continue
-            label = r["variant"].split(":", 1)[1]
-            if abs(d) <= limit:
-                same.append(label)
-            elif d > 0:
-                costs.append(f"{label} costs {_short(d)} nats ({d / noise:.0f}x the spread)")
-            else:
-                gains.append(f"{label} is {_short(-d)} nats better ({-d / noise:.0f}x the spread)")
-        parts = []
-        if same:
-            parts.append(f"{', '.join(same)} {'is' if len(same) == 1 else 'are'} within noise of NTP "
-                         f"(|difference| <= {NOISE_SPREADS:g} x the seed spread of its gap, {_short(noise)} nats)")
-        parts += costs + gains
-        mtp = [r for r in others if r["objective"] != "ntp"]
-        for r in mtp:
-            dr2 = r["concat_r2"]["mean"] - ntp["concat_r2"]["mean"]
-            r2_noise = max(ntp["concat_r2"]["spread"] or 0, r["concat_r2"]["spread"] or 0)
-            dacc = [(x["probe_accuracy"]["mean"] - y["probe_accuracy"]["mean"], x["k"],
-                     max(x["probe_accuracy"]["spread"] or 0, y["probe_accuracy"]["spread"] or 0))
-                    for x, y in zip(r["kstep"], ntp["kstep"]) if x["k"] > 1]
-            big = max(dacc, key=lambda t: abs(t[0])) if dacc else None
-            within = abs(dr2) <= NOISE_SPREADS * r2_noise
-            text = (f"{r['variant'].split(':', 1)[1]} changes the concatenated belief R^2 by {dr2:+.3f} "
-                    f"({'within' if within else 'beyond'} noise)")
-            beyond = [t for t in dacc if abs(t[0]) > NOISE_SPREADS * t[2]]
-            if beyond:
-                text += " and moves the k-step probe accuracy beyond noise at " + ", ".join(
-                    f"k = {k} ({d:+.4f}, seed spread {sp:.4f})" for d, k, sp in beyond)
-            elif big is not None:
-                text += f" and leaves the k >= 2 probe accuracy within noise (largest change {big[0]:+.4f} at k = {big[1]})"
-            parts.append(text)
-        for r in [ntp] + others:                 # seeds that did not learn what the others did
-            gaps = r["gap_by_seed"]
-            median = float(np.median(list(gaps.values())))
-            stuck = [s for s, g in gaps.items() if g > 0.01 and g > 10 * median]
-            if stuck:
-                parts.append(f"{r['variant'].split(':', 1)[1]} seed{'s' if len(stuck) > 1 else ''} "
-                             f"{', '.join(stuck)} did not converge (gap {', '.join(_short(gaps[s]) for s in stuck)} "
-                             f"nats against a median {_short(median)}), which inflates its spread")
-        if budget_is_time(result):              # a time budget: fewer steps is part of the price
-            slow = [(r["variant"].split(":", 1)[1], r["steps"]["mean"] / ntp["steps"]["mean"]) for r in others
-                    if r["steps"]["mean"] and ntp["steps"]["mean"] and r["steps"]["mean"] < 0.8 * ntp["steps"]["mean"]]
-            if slow:
-                parts.append(f"at this fixed time {', '.join(f'{v} trained {100 * (1 - f):.0f}%' for v, f in slow)} "
-                             f"fewer steps than NTP, so part of {'its' if len(slow) == 1 else 'their'} cost is speed "
-                             f"(--steps-per-run compares equal steps)")
+        parts = (_gap_clauses(ntp, others) + [_mtp_clause(ntp, r) for r in others if r["objective"] != "ntp"]
+                 + _stuck_clauses([ntp] + others) + _speed_clauses(result, ntp, others))
         clauses.append(f"for the {kind}, " + "; ".join(parts))
-    if not clauses:
-        gaps = [(r["gap_nats"]["mean"], r["variant"]) for r in rows.values()]
-        if not gaps:
-            return "No runs finished."
-        best = min(gaps)
-        return f"On {result['process']} the smallest loss gap is {best[1]}'s, {_short(best[0])} nats."
-    text = f"On {result['process']}: " + "; ".join(clauses) + "."
+    if clauses:
+        return f"On {result['process']}: " + "; ".join(clauses) + "."
+    gaps = [(r["gap_nats"]["mean"], r["variant"]) for r in rows.values()]
+    if not gaps:
+        return "No runs finished."
+    best = min(gaps)
+    return f"On {result['process']} the smallest loss gap is {best[1]}'s, {_short(best[0])} nats."
+
+
+def _gap_clauses(ntp, others) -> list[str]:
+    """Each variant's loss gap against NTP's, judged by NTP's seed spread: within noise, a cost, or a gain."""
+    noise = max(ntp["gap_nats"]["spread"], 1e-12)
+    limit = NOISE_SPREADS * noise
+    same, costs, gains = [], [], []
+    for r in others:
+        d = r["vs_ntp_nats"]["mean"] if r["vs_ntp_nats"] else None
+        if d is None:
+            continue
+        label = r["variant"].split(":", 1)[1]
+        if abs(d) <= limit:
+            same.append(label)
+        elif d > 0:
+            costs.append(f"{label} costs {_short(d)} nats ({d / noise:.0f}x the spread)")
+        else:
+            gains.append(f"{label} is {_short(-d)} nats better ({-d / noise:.0f}x the spread)")
+    parts = []
+    if same:
+        parts.append(f"{', '.join(same)} {'is' if len(same) == 1 else 'are'} within noise of NTP "
+                     f"(|difference| <= {NOISE_SPREADS:g} x the seed spread of its gap, {_short(noise)} nats)")
+    return parts + costs + gains
+
+
+def _mtp_clause(ntp, r) -> str:
+    """Does a multi-token variant move the concatenated belief R^2 or the k >= 2 probe accuracy beyond noise?"""
+    dr2 = r["concat_r2"]["mean"] - ntp["concat_r2"]["mean"]
+    r2_noise = max(ntp["concat_r2"]["spread"] or 0, r["concat_r2"]["spread"] or 0)
+    dacc = [(x["probe_accuracy"]["mean"] - y["probe_accuracy"]["mean"], x["k"],
+             max(x["probe_accuracy"]["spread"] or 0, y["probe_accuracy"]["spread"] or 0))
+            for x, y in zip(r["kstep"], ntp["kstep"]) if x["k"] > 1]
+    big = max(dacc, key=lambda t: abs(t[0])) if dacc else None
+    within = abs(dr2) <= NOISE_SPREADS * r2_noise
+    text = (f"{r['variant'].split(':', 1)[1]} changes the concatenated belief R^2 by {dr2:+.3f} "
+            f"({'within' if within else 'beyond'} noise)")
+    beyond = [t for t in dacc if abs(t[0]) > NOISE_SPREADS * t[2]]
+    if beyond:
+        text += " and moves the k-step probe accuracy beyond noise at " + ", ".join(
+            f"k = {k} ({d:+.4f}, seed spread {sp:.4f})" for d, k, sp in beyond)
+    elif big is not None:
+        text += f" and leaves the k >= 2 probe accuracy within noise (largest change {big[0]:+.4f} at k = {big[1]})"
     return text
+
+
+def _stuck_clauses(rows) -> list[str]:
+    """Seeds that did not learn what the others did (they inflate a variant's spread)."""
+    parts = []
+    for r in rows:
+        gaps = r["gap_by_seed"]
+        median = float(np.median(list(gaps.values())))
+        stuck = [s for s, g in gaps.items() if g > 0.01 and g > 10 * median]
+        if stuck:
+            parts.append(f"{r['variant'].split(':', 1)[1]} seed{'s' if len(stuck) > 1 else ''} "
+                         f"{', '.join(stuck)} did not converge (gap {', '.join(_short(gaps[s]) for s in stuck)} "
+                         f"nats against a median {_short(median)}), which inflates its spread")
+    return parts
+
+
+def _speed_clauses(result, ntp, others) -> list[str]:
+    """Under a time budget, fewer steps is part of a variant's price: say so."""
+    if not budget_is_time(result):
+        return []
+    slow = [(r["variant"].split(":", 1)[1], r["steps"]["mean"] / ntp["steps"]["mean"]) for r in others
+            if r["steps"]["mean"] and ntp["steps"]["mean"] and r["steps"]["mean"] < 0.8 * ntp["steps"]["mean"]]
+    if not slow:
+        return []
+    return [f"at this fixed time {', '.join(f'{v} trained {100 * (1 - f):.0f}%' for v, f in slow)} "
+            f"fewer steps than NTP, so part of {'its' if len(slow) == 1 else 'their'} cost is speed "
+            f"(--steps-per-run compares equal steps)"]
