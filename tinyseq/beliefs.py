@@ -36,7 +36,7 @@ def belief_states(proc, tokens) -> np.ndarray:
 
     Raises TinyseqError if a sequence is impossible under the process (its belief is undefined there).
     """
-    tokens = _check_tokens(proc, tokens)
+    tokens = _check_process_tokens(proc, tokens)
     B, T = tokens.shape
     out = np.empty((B, T, proc.n_states))
     eta = np.broadcast_to(proc.stationary, (B, proc.n_states))
@@ -54,14 +54,14 @@ def belief_states(proc, tokens) -> np.ndarray:
 
 def sequence_probs(proc, tokens) -> np.ndarray:
     """(B, T) tokens -> (B,) exact probabilities P(x_1..x_T) = pi @ T[x_1] ... T[x_T] @ 1."""
-    tokens = _check_tokens(proc, tokens)
+    tokens = _check_process_tokens(proc, tokens)
     v = np.broadcast_to(proc.stationary, (tokens.shape[0], proc.n_states))
     for t in range(tokens.shape[1]):
         v = np.einsum("bi,bij->bj", v, proc.T[tokens[:, t]])
     return v.sum(axis=1)
 
 
-def _check_tokens(proc, tokens) -> np.ndarray:
+def _check_process_tokens(proc, tokens) -> np.ndarray:
     tokens = np.asarray(tokens)
     if tokens.ndim == 1:
         tokens = tokens[None, :]
