@@ -17,6 +17,7 @@ from tinyseq.beliefs import catalogue_summary, process_facts
 from tinyseq.errors import TinyseqError
 from tinyseq.exercises.cli import exercise_group
 from tinyseq.lab import bench, compare
+from tinyseq.live import LiveView
 from tinyseq.models import KINDS, config_to_dict, model_options
 from tinyseq.progress import Progress, compare_progress
 from tinyseq.runs import flag
@@ -156,7 +157,9 @@ def _train_flags(f):
 @click.option("--resume", default=None, metavar="DIR", help="Continue the interrupted run saved in DIR.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object at the end.")
-def train_cmd(process_spec, kind, preset, out, resume, overwrite, as_json, **options):
+@click.option("--live", is_flag=True, help="On a terminal, redraw the belief simplex a probe reads from the network "
+              "every second or two while it trains.")
+def train_cmd(process_spec, kind, preset, out, resume, overwrite, as_json, live, **options):
     """Train a transformer or an RNN on a process and measure its loss against the Bayes floor h(L).
 
     The defaults reach within 0.25% of the floor on mess3 in about 10-20 s on 2 cores:
@@ -178,7 +181,7 @@ def train_cmd(process_spec, kind, preset, out, resume, overwrite, as_json, **opt
     else:
         proc, model, config, out = runs.new_run(process_spec, kind, preset, given_model, given_train, out, overwrite)
         state = None
-    summary = _train_with_progress(proc, model, config, out, state)
+    summary = _train_with_progress(proc, model, config, out, state, live=live)
     if summary["status"] == "interrupted":
         where = (f"checkpoint of step {summary['steps']} saved to {summary['checkpoint']}" if summary["checkpoint"]
                  else "no checkpoint saved")
@@ -189,9 +192,9 @@ def train_cmd(process_spec, kind, preset, out, resume, overwrite, as_json, **opt
     emit_json(summary) if as_json else click.echo(report.train_summary(summary))
 
 
-def _train_with_progress(proc, model, config, out, state=None) -> dict:
+def _train_with_progress(proc, model, config, out, state=None, live=False) -> dict:
 
-    progress = Progress()
+    progress = LiveView(model, proc) if live else Progress()   # LiveView is plain lines off a terminal
     try:
         return train(proc, model, config, out=out, callback=progress, state=state)
     finally:
@@ -321,8 +324,9 @@ def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_js
 @_analysis_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Initial weights, training batches, probe split.")
 @click.option("--threads", type=int, default=None, help="BLAS / Numba threads [default: all cores].")
+@click.option("--no-live", is_flag=True, help="Only the progress line while training, not the live belief simplex.")
 @_model_flags
-def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png, as_json, seed, threads,
+def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png, as_json, seed, threads, no_live,
              **model_options):
     """Train a small network on a hidden Markov process, then show what it learned: loss against the Bayes
     floor, the belief state read out of every layer, k-step-ahead predictions, and the belief simplex.
@@ -339,7 +343,7 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
     if not as_json:
         click.echo(report.demo_intro(runs.demo_facts(proc, model.config.n_ctx)))
         click.echo(f"\nTraining a {kind} ({model.params.size:,} parameters) for {seconds:g} s; progress on stderr.")
-    summary = _train_with_progress(proc, model, config, out)
+    summary = _train_with_progress(proc, model, config, out, live=not no_live)
     if summary["status"] == "interrupted":
         where = summary["checkpoint"] or "no checkpoint saved"
         click.echo(f"tinyseq: interrupted; checkpoint: {where}; continue with: tinyseq train --resume {out}, "

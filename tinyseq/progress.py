@@ -37,17 +37,17 @@ class Progress:
             self.on_line = False
 
     def line(self, ev) -> str:
-        if ev.get("steps"):
-            done = ev["step"] / ev["steps"]
-            where = f"step {ev['step']}/{ev['steps']}"
-        else:
-            done = min(1.0, ev["seconds"] / ev["time"])
-            where = f"step {ev['step']} {ev['seconds']:.0f}/{ev['time']:g} s"
+        done, where = budget_used(ev)
         bar = "#" * int(20 * done) + "-" * (20 - int(20 * done))
         text = f"{where} [{bar}] {self.rate / 1e3:6.1f}k tok/s  loss {self.loss:.4f}"
         if self.gap is not None:
             text += f"  gap {self.gap['gap_nats']:.5f} nats ({self.gap['gap_percent']:.2f}%) @{self.gap['step']}"
         return text
+
+    def observe(self, ev) -> None:
+        """Fold one "step" event into the smoothed rate and loss."""
+        self.rate = ev["tokens_per_s"] if self.rate is None else 0.9 * self.rate + 0.1 * ev["tokens_per_s"]
+        self.loss = ev["loss"] if self.loss is None else 0.95 * self.loss + 0.05 * ev["loss"]
 
     def __call__(self, ev):
         kind = ev["event"]
@@ -61,8 +61,7 @@ class Progress:
             self._write(msg, True)
             self.last_draw = time.perf_counter()
         elif kind == "step":
-            self.rate = ev["tokens_per_s"] if self.rate is None else 0.9 * self.rate + 0.1 * ev["tokens_per_s"]
-            self.loss = ev["loss"] if self.loss is None else 0.95 * self.loss + 0.05 * ev["loss"]
+            self.observe(ev)
             now = time.perf_counter()
             if now - self.last_draw >= (0.1 if self.tty else 10.0):
                 self._write(self.line(ev), False)
@@ -75,6 +74,12 @@ class Progress:
                 self.last_draw = time.perf_counter()
         elif kind == "end":
             self.close()
+
+
+def budget_used(ev) -> tuple:  # a "step" event -> (fraction of the budget spent, "step 120/300" or "step 120 4/60 s")
+    if ev.get("steps"):
+        return ev["step"] / ev["steps"], f"step {ev['step']}/{ev['steps']}"
+    return min(1.0, ev["seconds"] / ev["time"]), f"step {ev['step']} {ev['seconds']:.0f}/{ev['time']:g} s"
 
 
 def compare_progress(out, echo):
