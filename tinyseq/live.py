@@ -96,6 +96,7 @@ class LiveView:
         self.hidden = False                            # the cursor is hidden
         self.last_draw = -float("inf")
         self.last_step = None
+        self.seconds = 0.0                             # wall time spent measuring and drawing (its whole cost)
         if self.live:
             atexit.register(self.close)
 
@@ -143,6 +144,7 @@ class LiveView:
     def draw(self, ev) -> None:
         """Redraw in place: up over the previous frame, each line cleared to its end, anything below erased.
         The whole frame is one write, so an interrupt cuts it at most once (close() tidies up after it)."""
+        t0 = time.perf_counter()
         lines = self.frame(ev)
         text = ("" if self.hidden else HIDE) + up(self.drawn) + "".join(f"\r{line}{CLEAR_EOL}\n" for line in lines)
         self.writing, self.hidden = True, True
@@ -150,6 +152,7 @@ class LiveView:
         self.stream.flush()
         self.writing, self.drawn = False, len(lines)
         self.last_draw = time.perf_counter()
+        self.seconds += self.last_draw - t0
 
     def close(self) -> None:
         """Leave the terminal as it was: below the drawing, on a clean line, cursor shown. Safe to call twice."""
