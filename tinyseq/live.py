@@ -39,6 +39,22 @@ def up(n: int) -> str:
     return f"\x1b[{n}A" if n > 0 else ""
 
 
+def write_all(stream, text: str) -> None:
+    """Write text to the stream's file descriptor, all of it. Python's buffered sys.stderr was seen dropping the
+    rest of a frame when Ctrl-C interrupted a write to a terminal that was slow to read (the frame ended mid-line,
+    the cursor stranded in the picture); os.write in a loop resumes after the signal instead."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):     # an in-memory stream
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()                                     # whatever Python still buffers goes first
+    data = text.encode(getattr(stream, "encoding", None) or "utf-8", errors="replace")
+    while data:
+        data = data[os.write(fd, data):]
+
+
 class ProbeSet:
     """LIVE_SEQUENCES sequences of the process with their exact beliefs, split once into a fit half and a
     held-out half. measure(model) fits the probe on the first and scores and returns the second."""
@@ -127,7 +143,7 @@ class LiveView:
         if gap is not None:
             text += f"  gap {gap['gap_nats']:.5f} nats ({gap['gap_percent']:.2f}%) @{gap['step']}"
         return [text, f"probe MSE {mse:.2e} on {n_held} held-out sequences "
-                      f"(guessing the mean belief: {self.probe_set.baseline_mse:.2e})"]
+                      f"(mean-belief guess {self.probe_set.baseline_mse:.2e})"]
 
     def frame(self, ev) -> list[str]:
         """Status lines and, if the terminal has room, the two braille panels; no line wider than the screen."""
@@ -143,13 +159,12 @@ class LiveView:
 
     def draw(self, ev) -> None:
         """Redraw in place: up over the previous frame, each line cleared to its end, anything below erased.
-        The whole frame is one write, so an interrupt cuts it at most once (close() tidies up after it)."""
+        The frame goes out as one write; if an exception cuts it, close() erases the unwritten rest."""
         t0 = time.perf_counter()
         lines = self.frame(ev)
         text = ("" if self.hidden else HIDE) + up(self.drawn) + "".join(f"\r{line}{CLEAR_EOL}\n" for line in lines)
         self.writing, self.hidden = True, True
-        self.stream.write(text + CLEAR_DOWN)
-        self.stream.flush()
+        write_all(self.stream, text + CLEAR_DOWN)
         self.writing, self.drawn = False, len(lines)
         self.last_draw = time.perf_counter()
         self.seconds += self.last_draw - t0
@@ -161,7 +176,6 @@ class LiveView:
             return
         if self.hidden or self.writing:
             # ESC ends any escape an interrupt cut in half; after a cut frame, erase its unwritten rest
-            self.stream.write(("\r" + CLEAR_DOWN if self.writing else "") + SHOW)
-            self.stream.flush()
+            write_all(self.stream, ("\r" + CLEAR_DOWN if self.writing else "") + SHOW)
         self.hidden = self.writing = False
         atexit.unregister(self.close)
