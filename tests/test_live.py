@@ -18,7 +18,7 @@ from tinyseq import live
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--d-model", "8", "--n-layers", "1", "--threads", "1"]
-UP = re.compile(r"\x1b\[\d+A")
+UP = re.compile(r"\x1b\[(\d+)A")
 ENV = dict(os.environ, PYTHONPATH=ROOT, COLUMNS="100", LINES="40", TINYSEQ_LIVE_INTERVAL="0", TERM="xterm")
 
 
@@ -74,7 +74,10 @@ def test_train_live_redraws_in_place_and_shows_the_cursor(tmp_path):
                            "--out", str(tmp_path / "run"), "--live"])
     assert rc == 0, text
     assert text.count("probe MSE") > 1                      # more than one frame ...
-    assert UP.search(text)                                   # ... each drawn over the one before
+    assert UP.search(text)                                   # ... each drawn over the one before:
+    ups = list(UP.finditer(text))                            # up exactly the lines of the frame before
+    for a, b in zip(ups, ups[1:]):
+        assert text[a.end():b.start()].count("\n") == int(b.group(1))
     assert any("\u2801" <= c <= "\u28ff" for c in text)    # braille dots
     assert_cursor_back(text)
     assert "tokens/s)" in text[text.rfind(live.SHOW):]       # the summary comes after the cursor is back
@@ -110,6 +113,14 @@ def test_off_a_terminal_only_plain_lines(tmp_path):
     assert "\x1b" not in r.stdout + r.stderr and "\r" not in r.stderr
     assert "training a transformer" in r.stderr and "eval step 10:" in r.stderr
     assert "probe MSE" not in r.stderr
+
+
+def test_a_bad_redraw_interval_is_one_line_error(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "train", "--process", "mess3", "--steps", "5",
+                        *TINY, "--out", str(tmp_path / "run"), "--live"], capture_output=True, text=True, cwd=ROOT,
+                       env=dict(ENV, TINYSEQ_LIVE_INTERVAL="soon"), timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "TINYSEQ_LIVE_INTERVAL" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_demo_is_live_by_default_and_no_live_turns_it_off(tmp_path):

@@ -22,6 +22,7 @@ import numpy as np
 from tinyseq import beliefs as B
 from tinyseq import plot, probes
 from tinyseq.analysis import ROWS_PER_FEATURE, final_hook, hook_label, model_context, run_model
+from tinyseq.errors import TinyseqError
 from tinyseq.processes import sample
 from tinyseq.progress import Progress, budget_used
 
@@ -85,6 +86,20 @@ class ProbeSet:
         return probed, probes.mse(self.held_true, probed), hook
 
 
+def redraw_interval() -> float:
+    """INTERVAL, or the seconds TINYSEQ_LIVE_INTERVAL gives (0 redraws after every step)."""
+    text = os.environ.get("TINYSEQ_LIVE_INTERVAL")
+    if text is None:
+        return INTERVAL
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise TinyseqError(f"TINYSEQ_LIVE_INTERVAL must be a number of seconds >= 0, got {text!r}")
+    return seconds
+
+
 def picture_size(n_states: int, cols: int, rows: int) -> tuple | None:
     """(panel width, panel height) in characters for a frame that fits cols x rows, or None: no room."""
     width = min(50, (max(cols, 80) - 4) // 2)        # two panels and a 3-column gap, narrower than the screen
@@ -102,8 +117,7 @@ class LiveView:
         self.stream = stream or sys.stderr
         self.progress = Progress(self.stream)          # the start line, smoothed rate and loss, plain lines
         self.live = self.progress.tty and os.environ.get("TERM") != "dumb"
-        self.interval = interval if interval is not None else float(os.environ.get("TINYSEQ_LIVE_INTERVAL",
-                                                                                   INTERVAL))
+        self.interval = interval if interval is not None else redraw_interval()
         self.model = model
         self.n_states = process.n_states
         self.probe_set = ProbeSet(process, model_context(model), n_sequences) if self.live else None
