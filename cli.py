@@ -234,6 +234,8 @@ def bench_cmd(models, batches, threads_, quick, no_torch, as_json):
 # probe and demo: the answer on screen (tables of tinyseq.analysis, formatted by report.py)
 def _analysis_options(f):
     """Options shared by probe and demo: how the trained network is measured."""
+    f = click.option("--verbose", is_flag=True,
+                     help="Print the whole protocol of each table (the --json output always has it).")(f)
     f = click.option("--json", "as_json", is_flag=True,
                      help="Print one JSON object with every number instead of tables.")(f)
     f = click.option("--png", metavar="FILE", default=None,
@@ -250,13 +252,11 @@ def _analysis_options(f):
 
 
 def _run_analysis(model, proc, horizon, seed, eval_set, weighting):
-
     return analyse(model, proc, horizon=horizon, seed=seed, eval_set=eval_set, weighting=weighting, points=True)
 
 
-def _print_analysis(a, png, as_json, extra=None, before=()):
+def _print_analysis(a, png, as_json, extra=None, before=(), verbose=False):
     """Tables and picture (or JSON) of one analysis; the picture's points never go into the JSON."""
-
     pic = a["picture"]
     true, probed = pic.pop("true"), pic.pop("probed")
     if png:
@@ -265,10 +265,12 @@ def _print_analysis(a, png, as_json, extra=None, before=()):
     if as_json:
         emit_json({**(extra or {}), **report.describe(a)})
         return
-    picture = plot.simplex_picture(true, probed, titles=("true beliefs", f"probed: {pic['label']}"))
+    width, height = plot.picture_size(report.term_width())
+    picture = plot.simplex_picture(true, probed, titles=("true beliefs", f"probed: {pic['label']}"),
+                                   width=width, height=height)
     for text in before:
         click.echo(text)
-    click.echo(report.probe_report(a, picture))
+    click.echo(report.probe_report(a, picture, verbose))
     if png:
         click.echo(f"picture written to {png}")
 
@@ -292,7 +294,7 @@ def _check_png(png):
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the fit/held-out split, the samples and the random-init control.")
 @click.option("--threads", type=int, default=None, help="BLAS / Numba threads [default: all cores].")
-def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_json, seed, threads):
+def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_json, verbose, seed, threads):
     """What a saved network holds: belief-state recovery per layer (with random-init, shuffled-label and
     output controls), the k-step-ahead table against Bayes, and the belief simplex.
 
@@ -306,8 +308,9 @@ def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_js
     path, model, proc = runs.load_for_probe(checkpoint, process_spec)
     a = _run_analysis(model, proc, horizon, seed, eval_set, weighting)
     extra = {"checkpoint": path, "model": config_to_dict(model.config)}
-    _print_analysis(a, png, as_json, extra, before=[f"{path}: a {model.kind} trained on "
-                                                    f"{model.meta.get('process', proc.label)}, probed on {proc.label}"])
+    said = report.wrap(f"{path}: a {model.kind} trained on {model.meta.get('process', proc.label)}, probed on "
+                       f"{proc.label}")
+    _print_analysis(a, png, as_json, extra, before=[said], verbose=verbose)
 
 
 @cli.command("demo")
@@ -322,7 +325,7 @@ def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_js
 @click.option("--seed", type=int, default=0, show_default=True, help="Initial weights, training batches, probe split.")
 @click.option("--threads", type=int, default=None, help="BLAS / Numba threads [default: all cores].")
 @_model_flags
-def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png, as_json, seed, threads,
+def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png, as_json, verbose, seed, threads,
              **model_options):
     """Train a small network on a hidden Markov process, then show what it learned: loss against the Bayes
     floor, the belief state read out of every layer, k-step-ahead predictions, and the belief simplex.
@@ -349,9 +352,9 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
     path = summary["checkpoint"]
     extra = {"checkpoint": path, "model": config_to_dict(model.config),
              "training": {k: v for k, v in summary.items() if k not in ("loss", "model")}}
-    _print_analysis(a, png, as_json, extra, before=["", report.trained_line(summary)])
+    _print_analysis(a, png, as_json, extra, before=["", report.trained_line(summary)], verbose=verbose)
     if not as_json:
-        click.echo(f"\ncheckpoint: {path}\nlook again with: tinyseq probe {path}")
+        click.echo("\n" + report.wrap(f"checkpoint: {path}") + "\nlook again with:\n  tinyseq probe " + path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -411,7 +414,7 @@ def compare_cmd(process_spec, grid, seeds, seconds, steps, workers, threads, hor
         emit_json(result)
     else:
         click.echo(compare.format_table(result))
-        click.echo(result["sentence"])
+        click.echo(report.wrap(result["sentence"]))
     if result["status"] == "interrupted":
         click.echo(f"tinyseq: interrupted; {result['n_finished']} of {result['n_runs']} runs are saved in {out}. "
                    f"Run the same command again to continue (saved runs are not repeated).", err=True)

@@ -66,7 +66,7 @@ def test_grid_saves_reuses_and_reruns_changed_settings(tmp_path):
     assert rows["transformer:myopia=0"]["vs_ntp_nats"]["mean"] == pytest.approx(sum(d) / 2)
     assert rows["transformer:ntp"]["vs_ntp_nats"] is None
     table = C.format_table(r)
-    for text in ("transformer:myopia=0", "gru:ntp", "k=2 probe acc", "Bayes", "±", "steps"):
+    for text in ("transformer:myopia=0", "gru:ntp", "k-step probe accuracy", "k=2 (Bayes", "k-step KL", "±", "steps"):
         assert text in table
     assert r["sentence"].startswith("On mess3") and "transformer" in r["sentence"]
 

@@ -469,39 +469,46 @@ def _pm(ms, fmt, spread_fmt=None) -> str:
 
 
 def format_table(result: dict) -> str:
-    from tinyseq.report import tabulate
+    """The aggregate as four narrow tables (80 columns for the default horizon): loss, belief R^2, k-step probe
+    accuracy, k-step KL."""
+    from tinyseq.report import fitted_table, tabulate, wrap
 
     rows = result["rows"]
     done = [r for r in rows if r["seeds"]]
     if not done:
         return "no finished runs yet"
-    acc = lambda x: f"{x:.4f}"                                      # noqa: E731
-    r2 = lambda x: f"{x:.3f}"                                       # noqa: E731
+    n_seeds = len(result["seeds"])
+    names = [r["variant"] if len(r["seeds"]) == n_seeds else f"{r['variant']} ({len(r['seeds'])} of {n_seeds})"
+             for r in rows]
     signed = lambda x: ("+" if x > 0 else "") + _short(x)           # noqa: E731
     spread1 = lambda x: _short(x, 1)                                # noqa: E731
-    headers = ["variant", "steps", "loss gap\n(nats)", "vs NTP\n(nats)", "belief R^2\nbest hook", "belief R^2\nconcat"]
-    for k in range(1, result["horizon"] + 1):
-        bayes = next((x["bayes_accuracy"]["mean"] for r in done for x in r["kstep"] if x["k"] == k), None)
-        headers += [f"k={k} probe acc\n(Bayes {bayes:.4f})", f"k={k} KL\n(bits)"]
-    n_seeds = len(result["seeds"])
-    body = []
-    for r in rows:
-        name = r["variant"] if len(r["seeds"]) == n_seeds else f"{r['variant']} ({len(r['seeds'])} of {n_seeds})"
-        line = [name, f"{r['steps']['mean']:.0f}" if r["steps"]["mean"] is not None else "-",
-                _pm(r["gap_nats"], _short, spread1), _pm(r["vs_ntp_nats"], signed, spread1),
-                _pm(r["best_r2"], r2), _pm(r["concat_r2"], r2)]
-        for x in r["kstep"]:
-            line += [_pm(x["probe_accuracy"], acc), _pm(x["kl_bits"], _short, spread1)]
-        body.append(line)
-    table = tabulate(body, headers=headers, colalign=("left",) + ("right",) * (len(headers) - 1))
+    main = [[name, f"{r['steps']['mean']:.0f}" if r["steps"]["mean"] is not None else "-",
+             _pm(r["gap_nats"], _short, spread1), _pm(r["vs_ntp_nats"], signed, spread1)]
+            for name, r in zip(names, rows)]
+    r2 = [[name, _pm(r["best_r2"], lambda x: f"{x:.3f}"), _pm(r["concat_r2"], lambda x: f"{x:.3f}")]
+          for name, r in zip(names, rows)]
+    ks = range(1, result["horizon"] + 1)
+    bayes = [next((x["bayes_accuracy"]["mean"] for r in done for x in r["kstep"] if x["k"] == k), float("nan"))
+             for k in ks]
+    acc = [[name] + [_pm(x["probe_accuracy"], lambda v: f"{v:.4f}") for x in r["kstep"]] for name, r in zip(names, rows)]
+    kl = [[name] + [_pm(x["kl_bits"], _short, spread1) for x in r["kstep"]] for name, r in zip(names, rows)]
+    right = lambda n: ("left",) + ("right",) * n                    # noqa: E731
     budget = result.get("budget") or {}
     per_run = (f"{budget['time']:g} s" if "time" in budget else f"{budget['steps']} steps") if budget else "?"
-    head = (f"{result['process']}: each variant trained {per_run} per run, mean ± spread (standard deviation) "
-            f"over {len(result['seeds'])} seeds.\nloss gap: mean next-token loss minus the Bayes floor. vs NTP: that gap minus the NTP "
-            f"gap of the same architecture and seed\n(for a myopia row, the myopia gap). belief R^2: affine probe "
-            f"to the exact belief, held-out. k-step: logistic probe\nfrom the final layer to token t+k, and KL(P* "
-            f"|| the model fed its own predictions). No random-init control here (`tinyseq probe` has it).")
-    return f"{head}\n{table}"
+    return "\n".join([
+        wrap(f"{result['process']}: each variant trained {per_run} per run, mean ± spread (standard deviation) over "
+             f"{n_seeds} seeds. loss gap: mean next-token loss minus the Bayes floor. vs NTP: that gap minus the NTP "
+             f"gap of the same architecture and seed (for a myopia row, the myopia gap)."),
+        tabulate(main, headers=["variant", "steps", "loss gap (nats)", "vs NTP (nats)"], colalign=right(3)), "",
+        wrap("belief R^2: affine probe to the exact belief, held-out, from the best hook and from all hooks "
+             "concatenated. No random-init control here (`tinyseq probe` has it)."),
+        tabulate(r2, headers=["variant", "R^2 best hook", "R^2 concat"], colalign=right(2)), "",
+        wrap("k-step probe accuracy: a logistic probe from the final layer to token t+k, expected accuracy under the "
+             "exact k-step distribution (Bayes in the header)."),
+        fitted_table(acc, ["variant"] + [f"k={k} (Bayes {b:.4f})" for k, b in zip(ks, bayes)], right(len(bayes))),
+        "",
+        wrap("k-step KL (bits): KL(P* || the model fed its own predictions), the chained next-token function."),
+        fitted_table(kl, ["variant"] + [f"k={k}" for k in ks], right(len(bayes)))])
 
 
 def budget_is_time(result: dict) -> bool:
