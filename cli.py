@@ -360,67 +360,82 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
 # ---------------------------------------------------------------------------------------------------------
 # compare: a grid of variants x seeds, one table (tinyseq/lab/compare.py)
 @cli.command("compare")
-@click.option("--process", "process_spec", default="mess3", show_default=True, metavar="SPEC",
-              help="Process to learn: a catalogue name (mess3, rrxor, z1r ...) or a JSON file.")
+@click.option("--process", "process_specs", multiple=True, metavar="SPEC",
+              help="Process to learn: a catalogue name (mess3, rrxor, z1r ...) or a JSON file; repeat the option "
+                   "for several processes in one table [default: mess3].")
 @click.option("--grid", default=None, metavar="VARIANTS",
               help="Comma-separated ARCH:OBJECTIVE, ARCH one of transformer, rnn, gru, lstm; OBJECTIVE ntp, "
                    "myopia=M or mtp=N [default: transformer:ntp,transformer:myopia=0,transformer:myopia=1,"
                    "transformer:myopia=3,transformer:mtp=2,transformer:mtp=4,gru:ntp,gru:myopia=0,gru:myopia=1].")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per variant (0..N-1).")
-@click.option("--time-per-run", "seconds", type=float, default=40.0, show_default=True,
-              help="Seconds of training per run (the default grid: about 12 minutes with 2 workers).")
 @click.option("--steps-per-run", "steps", type=int, default=None,
-              help="Train every run for this many steps instead of --time-per-run: equal steps for every variant, "
-                   "whatever the machine's load and each objective's cost per step.")
+              help="Steps of training per run, equal for every variant whatever the machine's load [default: per "
+                   "process, mess3 300, z1r 300, rrxor 2000, others 600].")
+@click.option("--time-per-run", "seconds", type=float, default=None,
+              help="Seconds of training per run instead of a step budget (then slower objectives train fewer steps).")
 @click.option("--workers", type=int, default=None,
               help="Local worker processes [default: as many as the cores allow].")
 @click.option("--threads-per-run", "threads", type=int, default=None,
               help="BLAS / Numba threads of each run; workers x threads must fit the cores [default: cores / workers].")
 @click.option("--horizon", type=int, default=3, show_default=True, help="Largest k of the k-step columns.")
 @click.option("--out", default=None, metavar="DIR",
-              help="Directory for one JSON per finished run and compare.json [default: runs/compare-PROCESS].")
+              help="Directory for one JSON per finished run and compare.json [default: runs/compare-PROCESS; with "
+                   "several processes, one subdirectory each].")
 @click.option("--dask", default=None, metavar="ADDRESS",
               help="Run on an existing Dask cluster (scheduler address, e.g. tcp://host:8786) instead of local "
                    "workers; needs pip install 'dask[distributed]'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the aggregate as one JSON object instead of the table.")
-def compare_cmd(process_spec, grid, seeds, seconds, steps, workers, threads, horizon, out, dask, as_json):
+def compare_cmd(process_specs, grid, seeds, steps, seconds, workers, threads, horizon, out, dask, as_json):
     """Train a grid of variants (architecture x objective) with several seeds, then print one table of
     mean +- spread over seeds: loss gap to the Bayes floor, gap vs NTP (the myopia gap), belief R^2 and
     k-step probe accuracy and KL next to Bayes, with one sentence saying what it shows.
 
     \b
         tinyseq compare --process mess3
-        tinyseq compare --process rrxor --grid transformer:ntp,transformer:mtp=2 --seeds 2 --time-per-run 20
+        tinyseq compare --process mess3 --process z1r --process rrxor
+        tinyseq compare --process rrxor --grid transformer:ntp,transformer:mtp=2 --seeds 2 --steps-per-run 500
 
     Every finished run is saved at once under --out; re-running the same command reuses it and trains only
     what is missing (a changed setting reruns). The random-init control is skipped here to keep runs cheap.
     """
-
     if seeds < 1:
         fail(f"--seeds must be at least 1, got {seeds}")
-    if seconds <= 0:
+    if seconds is not None and steps is not None:
+        fail("give one budget per run: --steps-per-run or --time-per-run, not both")
+    if seconds is not None and seconds <= 0:
         fail(f"--time-per-run must be a positive number of seconds, got {seconds:g}")
     if steps is not None and steps < 1:
         fail(f"--steps-per-run must be a positive integer, got {steps}")
     variants = compare.parse_grid(grid if grid is not None else compare.DEFAULT_GRID)
-    proc = tinyseq.process(process_spec)
-    out = out or runs.default_out(proc, "compare")
-    if os.path.exists(out) and not os.path.isdir(out):
-        fail(f"--out {out} is a file, not a directory")
-    progress = compare_progress(out, lambda text: click.echo(text, err=True))
-    result = compare.run_grid(proc, variants, seeds=seeds, seconds=seconds, steps=steps, workers=workers,
-                              threads_per_run=threads, out=out, horizon=horizon, dask=dask, callback=progress)
+    procs = [tinyseq.process(spec) for spec in (process_specs or ("mess3",))]
+    outs = runs.compare_outs(procs, out)
+    results = []
+    for proc, where in zip(procs, outs):
+        progress = compare_progress(where, lambda text: click.echo(text, err=True))
+        results.append(compare.run_grid(proc, variants, seeds=seeds, seconds=seconds, steps=steps, workers=workers,
+                                        threads_per_run=threads, out=where, horizon=horizon, dask=dask,
+                                        callback=progress))
+        if results[-1]["status"] == "interrupted":
+            break
+    _print_compare(results, as_json)
+
+
+def _print_compare(results, as_json) -> None:
+    """The table(s) and sentences of one or several grids (JSON: the one result, or {"processes": [...]})."""
     if as_json:
-        emit_json(result)
+        emit_json(results[0] if len(results) == 1 else {"processes": results})
     else:
-        click.echo(compare.format_table(result))
-        click.echo(report.wrap(result["sentence"]))
-    if result["status"] == "interrupted":
-        click.echo(f"tinyseq: interrupted; {result['n_finished']} of {result['n_runs']} runs are saved in {out}. "
+        click.echo(compare.format_table(results))
+        for result in results:
+            click.echo(report.wrap(result["sentence"]))
+    last = results[-1]
+    if last["status"] == "interrupted":
+        click.echo(f"tinyseq: interrupted; {last['n_finished']} of {last['n_runs']} runs are saved in {last['out']}. "
                    f"Run the same command again to continue (saved runs are not repeated).", err=True)
         sys.exit(130)
-    if result["n_failed"]:
-        click.echo(f"tinyseq: {result['n_failed']} run(s) failed (see above); re-run to retry them.", err=True)
+    failed = sum(r["n_failed"] for r in results)
+    if failed:
+        click.echo(f"tinyseq: {failed} run(s) failed (see above); re-run to retry them.", err=True)
         sys.exit(1)
 
 
