@@ -164,3 +164,64 @@ def test_load_meter_without_proc_stat_assumes_idle(monkeypatch):
     monkeypatch.setattr(threads, "_proc_stat", lambda path="/proc/stat": None)
     meter = LoadMeter(cores=2)
     assert meter() == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the count never changes the numbers, so auto may switch mid-run
+def _short_run(threads, tmp_path=None):
+    """12 steps of the default mess3 transformer at batch 256 (products large enough for BLAS to split them)."""
+    from tinyseq.models import build_model
+    from tinyseq.processes import parse_process
+    from tinyseq.train import TrainConfig, train
+
+    proc = parse_process("mess3")
+    model = build_model("transformer", {}, vocab=3, dtype="float32", seed=2, backend="numba")
+    out = None if tmp_path is None else str(tmp_path)
+    train(proc, model, TrainConfig(steps=12, warmup=2, eval_every=0, eval_sequences=64, seed=2, threads=threads),
+          out=out)
+    return model.params.data.copy()
+
+
+def test_one_two_and_auto_switching_mid_run_give_the_same_tensors(monkeypatch, tmp_path):
+    if threads.default_threads() < 2:
+        pytest.skip("needs 2 cores")
+    one, two = _short_run(1), _short_run(2)
+    # auto forced to switch: an idle fake load and gain 0, so it alternates 2 / 1 in the trial, then keeps 2
+    made = []
+
+    def forced(step=0):
+        threads.set_threads(1)
+        auto = AutoThreads(2, step=step, gain=0.0, load=Load(0.0), apply=threads.set_blas_threads)
+        made.append(auto)
+        return auto
+
+    monkeypatch.setattr(threads, "start_auto_threads", forced)
+    auto = _short_run("auto", tmp_path)
+    assert made[0].used == [1, 2] and made[0].threads == 2
+    assert one.tobytes() == two.tobytes() == auto.tobytes()
+    from tinyseq.checkpoint import load
+
+    record = load(str(tmp_path / "model.npz")).meta["state"]["threads"]
+    assert record == {"policy": "auto", "threads": 2, "used": [1, 2]}      # a --steps run: no history
+
+
+@pytest.mark.parametrize("policy", [1, "auto"])
+def test_resume_keeps_the_recorded_policy(tmp_path, policy):
+    from tinyseq.train import load_run
+
+    _short_run(policy, tmp_path)
+    _, _, config, _ = load_run(str(tmp_path / "model.npz"))
+    assert config.threads == policy
+
+
+@pytest.mark.parametrize("value,expected", [("auto", "auto"), (None, None), ("1", 1), (1, 1)])
+def test_parse_threads(value, expected):
+    assert threads.parse_threads(value) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "x", "-1", "1.5", 0, 10 ** 6])
+def test_parse_threads_refuses(value):
+    from tinyseq.errors import TinyseqError
+
+    with pytest.raises(TinyseqError, match="--threads"):
+        threads.parse_threads(value)

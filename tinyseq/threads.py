@@ -58,6 +58,9 @@ def _openblas_setter():
     return None
 
 
+_SETTER = None     # the OpenBLAS setter once found (False: none)
+
+
 def set_blas_threads(n: int) -> str:
     """Set the BLAS thread count; returns how ("threadpoolctl", "openblas", or "env")."""
     import numpy  # noqa: F401  (BLAS must be loaded for the run-time routes)
@@ -67,8 +70,11 @@ def set_blas_threads(n: int) -> str:
         return "threadpoolctl"
     except ImportError:
         pass
-    setter = _openblas_setter()
-    if setter is not None:
+    global _SETTER
+    if _SETTER is None:
+        _SETTER = _openblas_setter() or False
+    setter = _SETTER
+    if setter:
         setter(int(n))
         return "openblas"
     for var in _ENV_VARS:
@@ -87,6 +93,29 @@ def check_threads(n, flag: str = "--threads") -> int:
     if n > cores:
         raise TinyseqError(f"{flag} {n} is more than the {cores} cores of this machine: use 1..{cores}")
     return n
+
+
+def parse_threads(value, flag: str = "--threads"):
+    """"auto", a usable count (an int or its digits, as the command line gives it) or None; anything else is
+    a one-line TinyseqError."""
+    from tinyseq.errors import TinyseqError
+
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, str):
+        if not value.strip().isdigit():
+            raise TinyseqError(f"{flag} must be auto or a positive integer, got {value!r}: e.g. {flag} auto")
+        value = int(value)
+    return check_threads(value, flag)
+
+
+def static_threads(value, flag: str = "--threads") -> int:
+    """A fixed count for a command without training steps to time (probe): "auto" is the cores other
+    programs leave free, measured over 0.2 s; a count is checked."""
+    value = parse_threads(value, flag)
+    if value == "auto":
+        return free_cores(default_threads(), measure_other_load(0.2))
+    return default_threads() if value is None else value
 
 
 def set_threads(n: int | None = None) -> int:
@@ -207,9 +236,9 @@ class AutoThreads:
     since the previous call) are injectable so tests can drive every transition deterministically."""
 
     def __init__(self, cores: int, trial: int = 3, gain: float = 1.10, recheck: float = 1.0, start: int = 1,
-                 clock=time.monotonic, load=None, step: int = 0):
+                 clock=time.monotonic, load=None, step: int = 0, apply=None):
         self.cores, self.trial, self.gain, self.recheck = int(cores), int(trial), float(gain), float(recheck)
-        self.clock = clock
+        self.clock, self.apply = clock, apply     # apply(n): called whenever the count changes
         self.load = load if load is not None else LoadMeter(self.cores)
         self.threads = max(1, min(int(start), self.cores))
         self.step = step                           # steps done (a resumed run passes its step count)
@@ -226,6 +255,8 @@ class AutoThreads:
             self.history.append((self.step, n, reason))
         if n not in self.used:
             self.used.append(n)
+        if n != self.threads and self.apply is not None:
+            self.apply(n)
         self.threads = n
         return n
 
@@ -284,6 +315,25 @@ class AutoThreads:
     def summary(self) -> dict:
         """What a checkpoint records: the policy, the count in use, and every count used."""
         return {"policy": "auto", "threads": self.threads, "used": list(self.used)}
+
+
+def threads_record(policy, with_history: bool = False) -> dict:
+    """What a checkpoint says about the threads: {"policy": "fixed" | "auto", "threads": the count in use,
+    "used": every count used}, and for auto with_history the decisions [(step, threads, reason), ...].
+    The history's steps follow the machine's load, so it is kept only where the file has a clock anyway."""
+    if isinstance(policy, AutoThreads):
+        record = policy.summary()
+        if with_history:
+            record["history"] = [list(h) for h in policy.history]
+        return record
+    return {"policy": "fixed", "threads": int(policy), "used": [int(policy)]}
+
+
+def start_auto_threads(step: int = 0) -> AutoThreads:
+    """--threads auto for this process: start on 1 BLAS thread (Numba serial) and let AutoThreads change the
+    BLAS count as it decides (only on a change: setting it costs a library call)."""
+    set_threads(1)
+    return AutoThreads(default_threads(), step=step, apply=set_blas_threads)
 
 
 # ----------------------------------------------------------------------------------------------------------
