@@ -420,7 +420,7 @@ def bench_cmd(models, batches, threads_, quick, no_torch, busy, busy_time, repea
 
     if busy:
         def progress(ev):
-            click.echo(f"{ev['load']} {ev['preset']} repeat {ev['repeat'] + 1} --threads {ev['threads']}: "
+            click.echo(f"{ev['load']} {ev['preset']} repeat {ev['repeat'] + 1} --threads {ev['setting']}: "
                        f"{ev['steps_per_s']:.1f} steps/s (other load {ev['other_load']:.2f})", err=True)
 
         result = bench.busy_comparison(seconds=busy_time, repeats=repeats, callback=progress,

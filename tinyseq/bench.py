@@ -549,7 +549,7 @@ def busy_comparison(seconds: float = 6.0, repeats: int = 3, presets=("default", 
                     for t in settings:
                         runs[t].append(train_rate(["--process", process, *BUSY_PRESETS[preset]], t, seconds))
                         if callback:
-                            callback({"load": load, "preset": preset, "repeat": r, "threads": t, **runs[t][-1]})
+                            callback({**runs[t][-1], "load": load, "preset": preset, "repeat": r, "setting": t})
                 rows.append(_busy_row(load, preset, runs))
     return {"process": process, "seconds": seconds, "repeats": repeats, "cores": default_threads(), "rows": rows,
             "command": f"tinyseq train --process {process} [--preset paper] --time {seconds:g} --threads X"}

@@ -71,7 +71,7 @@ class TrainConfig:
     checkpoint_every: int = 0        # steps between checkpoints (0 = only at the end)
     seed: int = 0                    # initial weights and the training batches
     dtype: str = "float32"           # "float32" (fast) or "float64" (for checks)
-    threads: str | int | None = "auto"  # BLAS threads: auto (measured, watches the load), N, or None (leave as set)
+    threads: str | int | None = "auto"  # BLAS threads: auto (timed on the first steps, watches other programs) or N
     backend: str = "numba"           # "numba" kernels or the "numpy" reference (where the model has both)
     objective: str = "ntp"           # "ntp": next token; "mtp:N": N heads, head i predicts x_{t+i} (objectives.py)
     mtp_weights: str | None = None   # loss weights of the N heads, "w1,w2,..."; None: all 1 (the plain sum)
