@@ -512,7 +512,8 @@ def train_rate(args: list[str], threads: str, seconds: float) -> dict:
         other = _other_load(before, (_proc_stat(), resource.getrusage(resource.RUSAGE_CHILDREN),
                                      time.process_time()))
     if proc.returncode != 0:
-        raise TinyseqError(f"{' '.join(cmd[3:])} failed: {stderr.strip().splitlines()[-1:]}")
+        last = (stderr.strip().splitlines() or ["no message"])[-1]
+        raise TinyseqError(f"tinyseq {' '.join(cmd[3:])} failed: {last}")
     summary = json.loads(stdout)
     return {"steps_per_s": summary["steps"] / summary["seconds"], "threads": summary.get("threads"),
             "other_load": other}
