@@ -20,7 +20,7 @@ from tinyseq.lab import bench, compare
 from tinyseq.models import KINDS, config_to_dict, model_options
 from tinyseq.progress import Progress, compare_progress
 from tinyseq.runs import flag
-from tinyseq.threads import set_threads
+from tinyseq.threads import set_threads, static_threads
 from tinyseq.train import train, train_options
 
 
@@ -217,10 +217,28 @@ def _int_list(text: str, what: str) -> list[int]:
 @click.option("--threads", "threads_", default="1,2", show_default=True, help="Comma-separated thread counts.")
 @click.option("--quick", is_flag=True, help="Few short blocks: checks that everything runs, numbers are rough.")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch rows even if torch is installed.")
+@click.option("--busy", is_flag=True,
+              help="Instead: the thread policy end to end, `train --time T` with --threads 1, all cores and auto, "
+                   "idle and with one core kept busy by a child process of the bench.")
+@click.option("--busy-time", type=float, default=6.0, show_default=True, help="--busy: seconds of each train run.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="--busy: interleaved repeats (medians).")
+@click.option("--presets", default="default,paper", show_default=True,
+              help="--busy: the models, comma-separated: default (train's default) and/or paper (--preset paper).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
-def bench_cmd(models, batches, threads_, quick, no_torch, as_json):
-    """Training tokens/s of tinyseq (Numba and NumPy backends) vs PyTorch eager, interleaved, medians."""
+def bench_cmd(models, batches, threads_, quick, no_torch, busy, busy_time, repeats, presets, as_json):
+    """Training tokens/s of tinyseq (Numba and NumPy backends) vs PyTorch eager, interleaved, medians.
 
+    --busy measures the thread policy instead: steps/s of whole `tinyseq train` runs, idle and with one busy core."""
+
+    if busy:
+        def progress(ev):
+            click.echo(f"{ev['load']} {ev['preset']} repeat {ev['repeat'] + 1} --threads {ev['setting']}: "
+                       f"{ev['steps_per_s']:.1f} steps/s (other load {ev['other_load']:.2f})", err=True)
+
+        result = bench.busy_comparison(seconds=busy_time, repeats=repeats, callback=progress,
+                                       presets=[p.strip() for p in presets.split(",") if p.strip()])
+        click.echo(json.dumps(result, indent=2) if as_json else bench.format_busy(result))
+        return
     result = bench.run(models=[m.strip() for m in models.split(",") if m.strip()],
                        batches=_int_list(batches, "batches"), threads=_int_list(threads_, "threads"),
                        with_torch=not no_torch, quick=quick)
@@ -293,7 +311,8 @@ def _check_png(png):
 @_analysis_options
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the fit/held-out split, the samples and the random-init control.")
-@click.option("--threads", type=int, default=None, help="BLAS / Numba threads [default: all cores].")
+@click.option("--threads", default="auto", show_default=True, metavar="auto|N",
+              help="BLAS threads: auto (the cores other programs leave free) or a count.")
 def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_json, verbose, seed, threads):
     """What a saved network holds: belief-state recovery per layer (with random-init, shuffled-label and
     output controls), the k-step-ahead table against Bayes, and the belief simplex.
@@ -302,9 +321,7 @@ def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_js
         tinyseq probe runs/demo-mess3-transformer/model.npz
     """
     _check_png(png)
-    if threads is not None and threads < 1:
-        fail(f"--threads must be a positive integer, got {threads}")
-    set_threads(threads)
+    set_threads(static_threads(threads))
     path, model, proc = runs.load_for_probe(checkpoint, process_spec)
     a = _run_analysis(model, proc, horizon, seed, eval_set, weighting)
     extra = {"checkpoint": path, "model": config_to_dict(model.config)}
@@ -323,7 +340,9 @@ def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_js
               help="Directory for model.npz and summary.json, replaced on every run [default: runs/demo-PROCESS-MODEL].")
 @_analysis_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Initial weights, training batches, probe split.")
-@click.option("--threads", type=int, default=None, help="BLAS / Numba threads [default: all cores].")
+@click.option("--threads", default="auto", show_default=True,
+              help="BLAS threads: auto (timed on the first steps, drops to the free cores when another program "
+                   "is busy) or a count.")
 @_model_flags
 def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png, as_json, verbose, seed, threads,
              **model_options):
