@@ -365,3 +365,21 @@ def test_training_is_seeded_and_checks_the_model():
     wrong = build_model("transformer", {**tiny, "n_ctx": spec.n_ctx - 1}, vocab=spec.vocab)
     with pytest.raises(TinyseqError, match="n_ctx >= "):
         ps.train_pathstar(wrong, spec, "ntp", steps=1)
+
+
+def test_example_script_runs(capsys):
+    """examples/pathstar_clever_hans.py end to end with a tiny model and budget (its numbers are not judged)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                        "pathstar_clever_hans.py")
+    spec = importlib.util.spec_from_file_location("example_pathstar", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny = {"n_layers": 1, "d_model": 8, "n_heads": 1, "d_head": 8, "d_mlp": 16}
+    results = module.main(spec="pathstar:d=2,l=3,n=6", steps=3, model=tiny, n_eval=60, threads=None)
+    text = capsys.readouterr().out
+    assert "What it means" in text and "teacher-forced" in text
+    assert [r["objective"] for r in results] == ["reverse", "ntp"]
+    assert all(len(r["path_accuracy"]) == 3 and len(r["plan_recovery"]) == 2 for r in results)
