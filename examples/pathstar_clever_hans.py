@@ -11,6 +11,7 @@ held-out graphs, and a linear probe of the plan from the state at the last promp
 
     python examples/pathstar_clever_hans.py                     reverse and ntp, 800 steps each (~3 minutes)
     python examples/pathstar_clever_hans.py --steps 200         a quicker look
+    python examples/pathstar_clever_hans.py --schedule constant no cosine decay after the warmup
 """
 import os
 import sys
@@ -28,18 +29,24 @@ from tinyseq.models import build_model
 MODEL = {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_head": 16, "d_mlp": 256}
 
 
-def run(spec, objective, steps, model, seed, n_eval, eval_seed):
+def run(spec, objective, steps, model, seed, n_eval, eval_seed, schedule):
     """Train one transformer on `objective`; measure paths and the plan probe on held-out graphs."""
     net = build_model("transformer", {**model, "n_ctx": spec.n_ctx}, vocab=spec.vocab, seed=seed)
     graphs = ps.eval_set(spec, n_eval, eval_seed)
     probe_init = ps.plan_probe(final_state(net, spec, graphs), spec, graphs)
-    trained = ps.train_pathstar(net, spec, objective, steps=steps, seed=seed)
+    trained = ps.train_pathstar(net, spec, objective, steps=steps, seed=seed, schedule=schedule,
+                                callback=lambda step, loss: print_loss(objective, step, steps, loss))
     t0 = time.perf_counter()
     paths = ps.evaluate_paths(net.logits, spec, graphs, objective)
     probe = ps.plan_probe(final_state(net, spec, graphs), spec, graphs)
     return {"objective": objective, "train_seconds": trained["seconds"], "final_loss": trained["final_loss"],
             "eval_seconds": time.perf_counter() - t0, **paths,
             "plan_recovery": [{**p, "random_init_accuracy": q["accuracy"]} for p, q in zip(probe, probe_init)]}
+
+
+def print_loss(objective, step, steps, loss):  # the masked loss every 100 steps, so a plateau shows
+    if step % 100 == 0 or step == steps:
+        print(f"  {objective:11s} step {step:5d}  masked loss {loss:.3f} nats", flush=True)
 
 
 def final_state(net, spec, graphs):  # -> (B, C) the last hook (ln_final, or the last block's output) at "="
@@ -61,14 +68,14 @@ def print_result(r):
 
 
 def main(spec="pathstar:d=2,l=5,n=20", objectives=("reverse", "ntp"), steps=800, model=None, seed=0,
-         n_eval=2000, eval_seed=12345, threads=1):
+         n_eval=2000, eval_seed=12345, threads=1, schedule="cosine"):
     if threads:
         from tinyseq.train import apply_threads
         apply_threads(threads)
     spec = ps.parse_spec(spec)
     print(f"{spec.label}: {spec.seq_len} tokens per sequence (prompt {spec.prompt_len}, path {spec.l}), "
-          f"vocabulary {spec.vocab}, {steps} steps of 128 fresh graphs per objective")
-    results = [run(spec, o, steps, model or MODEL, seed, n_eval, eval_seed) for o in objectives]
+          f"vocabulary {spec.vocab}, {steps} steps of 128 fresh graphs per objective, {schedule} lr 3e-3")
+    results = [run(spec, o, steps, model or MODEL, seed, n_eval, eval_seed, schedule) for o in objectives]
     for r in results:
         print_result(r)
     print("\nWhat it means: a model that is right at every later step when fed the true previous node, and at "
@@ -79,4 +86,5 @@ def main(spec="pathstar:d=2,l=5,n=20", objectives=("reverse", "ntp"), steps=800,
 if __name__ == "__main__":
     args = sys.argv[1:]
     steps = int(args[args.index("--steps") + 1]) if "--steps" in args else 800
-    main(steps=steps)
+    schedule = args[args.index("--schedule") + 1] if "--schedule" in args else "cosine"
+    main(steps=steps, schedule=schedule)

@@ -402,10 +402,11 @@ def train_step(model, spec: PathStar, objective: str, rng, batch: int, lr: float
 
 
 def train_pathstar(model, spec: PathStar, objective: str = "ntp", steps: int = 800, batch: int = 128,
-                   lr: float = 3e-3, seed: int = 0, warmup: int = 50, callback=None) -> dict:
+                   lr: float = 3e-3, seed: int = 0, warmup: int = 50, schedule: str = "cosine",
+                   callback=None) -> dict:
     """Train `model` (built with d_vocab = spec.vocab, n_ctx >= spec.n_ctx) for `steps` updates of B fresh
-    graphs each: linear warmup, then cosine decay to 0 (as tinyseq.train.lr_at). callback(step, loss)
-    after every step. Returns {"steps", "seconds", "final_loss"}."""
+    graphs each: linear warmup, then (schedule "cosine") decay to 0 or ("constant") the peak lr, as
+    tinyseq.train.lr_at. callback(step, loss) after every step. Returns {"steps", "seconds", "final_loss"}."""
     from tinyseq.nn import ops as numpy_ops
     from tinyseq.train import TrainConfig, lr_at
 
@@ -413,13 +414,13 @@ def train_pathstar(model, spec: PathStar, objective: str = "ntp", steps: int = 8
     if model.config.d_vocab != spec.vocab or model.config.n_ctx < spec.n_ctx:
         raise TinyseqError(f"{spec.label} needs a model with d_vocab={spec.vocab} and n_ctx >= {spec.n_ctx}, "
                            f"got d_vocab={model.config.d_vocab}, n_ctx={model.config.n_ctx}")
-    schedule = TrainConfig(lr=lr, warmup=warmup, steps=steps, batch=batch)
+    plan = TrainConfig(lr=lr, warmup=warmup, steps=steps, batch=batch, schedule=schedule).validate()
     ops = getattr(model, "ops", numpy_ops)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))   # batches apart from init
     state = {"m": np.zeros_like(model.params.data), "v": np.zeros_like(model.params.data), "step": 0}
     t0, loss = time.perf_counter(), math.nan
     for step in range(steps):
-        loss = train_step(model, spec, objective, rng, batch, lr_at(schedule, step, step / steps), state, ops)
+        loss = train_step(model, spec, objective, rng, batch, lr_at(plan, step, step / steps), state, ops)
         if not math.isfinite(loss):
             raise TinyseqError(f"the training loss became {loss} at step {step + 1}: try a smaller lr (now {lr:g})")
         if callback:
