@@ -9,7 +9,7 @@ import pytest
 from tinyseq import pathstar as ps
 from tinyseq.errors import TinyseqError
 from tinyseq.gradcheck import numerical_grad, rel_err
-from tinyseq.nn import kernels, ops
+from tinyseq.nn import ops, ops_numba
 
 SPECS = ["pathstar", "pathstar:d=3,l=4,n=12", "pathstar:d=5,l=2,n=6", "pathstar:d=2,l=7,n=40"]
 
@@ -307,10 +307,10 @@ def test_masked_loss_numba_twin_agrees(dtype):
     logits, targets, mask = random_case(3, B=4, T=6, V=9)
     logits = logits.astype(dtype)
     tol = dict(rtol=1e-3, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
-    loss, probs = kernels.cross_entropy_forward(logits, targets, weights=mask)
+    loss, probs = ops_numba.cross_entropy_forward(logits, targets, weights=mask)
     rloss, rprobs = ops.cross_entropy_forward(logits, targets, weights=mask)
     np.testing.assert_allclose(loss, rloss, **tol)
-    np.testing.assert_allclose(kernels.cross_entropy_backward(probs, targets, weights=mask),
+    np.testing.assert_allclose(ops_numba.cross_entropy_backward(probs, targets, weights=mask),
                                ops.cross_entropy_backward(rprobs, targets, weights=mask), **tol)
 
 
@@ -346,7 +346,7 @@ def test_bad_loss_weights_are_refused():
     with pytest.raises(TinyseqError, match="not all 0"):
         ops.cross_entropy_forward(logits, targets, weights=np.zeros_like(mask))
     with pytest.raises(TinyseqError, match="one weight per target"):
-        kernels.cross_entropy_forward(logits, targets, weights=mask[:, :2])
+        ops_numba.cross_entropy_forward(logits, targets, weights=mask[:, :2])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -385,7 +385,8 @@ def train_step(model, spec: PathStar, objective: str, rng, batch: int, lr: float
     """One update on B fresh graphs; returns the masked loss (nats per path token). state holds AdamW's
     moments and step count ({"m", "v", "step"})."""
     from tinyseq.objectives import model_backward
-    from tinyseq.train import TrainConfig, adamw_step_numba, clip_grad_norm
+    from tinyseq.optim import adamw_step_numba, clip_grad_norm
+    from tinyseq.train import TrainConfig
 
     defaults = TrainConfig()                                  # betas, eps, weight decay, clip as `train`
     P = model.params
@@ -406,9 +407,10 @@ def train_pathstar(model, spec: PathStar, objective: str = "ntp", steps: int = 8
                    callback=None) -> dict:
     """Train `model` (built with d_vocab = spec.vocab, n_ctx >= spec.n_ctx) for `steps` updates of B fresh
     graphs each: linear warmup, then (schedule "cosine") decay to 0 or ("constant") the peak lr, as
-    tinyseq.train.lr_at. callback(step, loss) after every step. Returns {"steps", "seconds", "final_loss"}."""
+    tinyseq.optim.lr_at. callback(step, loss) after every step. Returns {"steps", "seconds", "final_loss"}."""
     from tinyseq.nn import ops as numpy_ops
-    from tinyseq.train import TrainConfig, lr_at
+    from tinyseq.optim import lr_at
+    from tinyseq.train import TrainConfig
 
     objective = check_objective(objective)
     if model.config.d_vocab != spec.vocab or model.config.n_ctx < spec.n_ctx:
