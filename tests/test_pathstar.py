@@ -288,6 +288,25 @@ def test_masked_loss_is_the_mean_over_the_masked_tokens():
         ops.cross_entropy_forward(logits, targets)[0], rel=1e-14)
 
 
+@pytest.mark.parametrize("backend", [ops, ops_numba], ids=["numpy", "numba"])
+def test_masked_loss_normalisation_by_hand(backend):
+    """Two tokens, V = 2: logits (0, 0) -> p = (1/2, 1/2); logits (ln 3, 0) -> p = (3/4, 1/4). With the mask
+    (1, 0) the loss is the first token's alone, -ln(1/2), and so is its gradient (p - onehot) / 1: dividing
+    by the number of tokens (2) instead of the masked ones (1) would halve the step on every masked token."""
+    logits = np.array([[[0.0, 0.0], [math.log(3.0), 0.0]]])              # (1, 2, 2)
+    targets = np.array([[0, 1]])
+    mask = np.array([[1.0, 0.0]])
+    loss, probs = backend.cross_entropy_forward(logits, targets, weights=mask)
+    assert loss == pytest.approx(math.log(2.0), rel=1e-14)
+    np.testing.assert_allclose(backend.cross_entropy_backward(probs, targets, weights=mask),
+                               [[[-0.5, 0.5], [0.0, 0.0]]], rtol=0, atol=1e-15)
+    both = np.ones_like(mask)                                             # (ln 2 + ln 4) / 2 = 1.5 ln 2
+    loss, probs = backend.cross_entropy_forward(logits, targets, weights=both)
+    assert loss == pytest.approx(1.5 * math.log(2.0), rel=1e-14)
+    np.testing.assert_allclose(backend.cross_entropy_backward(probs, targets, weights=both),
+                               [[[-0.25, 0.25], [0.375, -0.375]]], rtol=0, atol=1e-15)
+
+
 @pytest.mark.parametrize("weights", ["mask", "positive", "ones"])
 def test_masked_loss_gradient_by_finite_differences(weights):
     logits, targets, mask = random_case(1)
