@@ -54,7 +54,8 @@ Contents, in pipeline order:
     generate / teacher_forced / path_accuracy greedy decoding and teacher-forced accuracy per position
     plan_targets / plan_candidates / prefix_features / plan_probe
                                               is the plan in the state before the first path token?
-    train_pathstar                            a small standalone training loop (masked loss, AdamW)
+    MODEL / SCHEDULE / train_pathstar         the model and schedule that learn the task, and a small
+                                              standalone training loop (masked loss, AdamW)
 
 Shape letters: B sequences, L sequence length (P + l), T model positions (L - 1), V vocabulary,
 NN nodes per graph (d(l-1) + 1), E edges, C feature width.
@@ -380,6 +381,22 @@ def plan_probe(features, spec: PathStar, graphs: Graphs, frac_fit: float = 0.5, 
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the model and the schedule for path-star (PATHSTAR_NOTES.md has the measurements behind them)
+#
+# Every path step is a lookup "find the edge whose child is x, copy its parent": a circuit of two attention
+# layers. Before it forms, the loss sits on a plateau (lookup steps right about 1 time in 5, exact match ~0),
+# then drops to ~0 within ~100 steps. The plateau's length is set by the init scale r: the circuit is a
+# product of several weight matrices (queries, keys, values, outputs of both layers), all drawn with std r,
+# and near 0 each one's gradient is scaled by the others, a saddle that takes longer to leave the smaller r
+# is. Measured on pathstar:d=2,l=5,n=20, reverse, lr 3e-3 constant, batch 128, seed 0: GPT-2's r = 0.02
+# leaves the plateau after ~1300 steps, r = 0.1 after ~400 (a PyTorch-default init, nn.Embedding N(0, 1)
+# and nn.Linear U(+-1/sqrt(fan_in)), after ~350). A cosine schedule over a budget shorter than the plateau
+# anneals the lr away before the drop, and nothing is learned.
+MODEL = {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_head": 16, "d_mlp": 256, "initializer_range": 0.1}
+SCHEDULE = "constant"         # lr after the warmup: constant, so a budget never ends inside the plateau
+
+
+# ----------------------------------------------------------------------------------------------------------
 # a small standalone training loop: sample, forward, masked loss, backward, clip, AdamW
 def train_step(model, spec: PathStar, objective: str, rng, batch: int, lr: float, state: dict, ops) -> float:
     """One update on B fresh graphs; returns the masked loss (nats per path token). state holds AdamW's
@@ -402,12 +419,12 @@ def train_step(model, spec: PathStar, objective: str, rng, batch: int, lr: float
     return float(loss)
 
 
-def train_pathstar(model, spec: PathStar, objective: str = "ntp", steps: int = 800, batch: int = 128,
-                   lr: float = 3e-3, seed: int = 0, warmup: int = 50, schedule: str = "cosine",
+def train_pathstar(model, spec: PathStar, objective: str = "ntp", steps: int = 1000, batch: int = 128,
+                   lr: float = 3e-3, seed: int = 0, warmup: int = 50, schedule: str = SCHEDULE,
                    callback=None) -> dict:
     """Train `model` (built with d_vocab = spec.vocab, n_ctx >= spec.n_ctx) for `steps` updates of B fresh
-    graphs each: linear warmup, then (schedule "cosine") decay to 0 or ("constant") the peak lr, as
-    tinyseq.optim.lr_at. callback(step, loss) after every step. Returns {"steps", "seconds", "final_loss"}."""
+    graphs each: linear warmup, then ("constant", the default: see SCHEDULE) the peak lr or ("cosine")
+    decay to 0, as tinyseq.optim.lr_at; build the model from MODEL. callback(step, loss) after every step. Returns {"steps", "seconds", "final_loss"}."""
     from tinyseq.nn import ops as numpy_ops
     from tinyseq.optim import lr_at
     from tinyseq.train import TrainConfig
