@@ -388,10 +388,10 @@ def plan_probe(features, spec: PathStar, graphs: Graphs, frac_fit: float = 0.5, 
 # then drops to ~0 within ~100 steps. The plateau's length is set by the init scale r: the circuit is a
 # product of several weight matrices (queries, keys, values, outputs of both layers), all drawn with std r,
 # and near 0 each one's gradient is scaled by the others, a saddle that takes longer to leave the smaller r
-# is. Measured on pathstar:d=2,l=5,n=20, reverse, lr 3e-3 constant, batch 128, seed 0: GPT-2's r = 0.02
-# leaves the plateau after ~1300 steps, r = 0.1 after ~400 (a PyTorch-default init, nn.Embedding N(0, 1)
-# and nn.Linear U(+-1/sqrt(fan_in)), after ~350). A cosine schedule over a budget shorter than the plateau
-# anneals the lr away before the drop, and nothing is learned.
+# is. Measured on pathstar:d=2,l=5,n=20, reverse, lr 3e-3 constant, batch 128: GPT-2's r = 0.02 leaves
+# the plateau after ~1350 steps (seed 0), r = 0.1 after 350-650 (seeds 0, 1, 2), a PyTorch-default init
+# (nn.Embedding N(0, 1), nn.Linear U(+-1/sqrt(fan_in))) after ~400. A cosine schedule over a budget shorter
+# than the plateau anneals the lr away before the drop, and nothing is learned.
 MODEL = {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_head": 16, "d_mlp": 256, "initializer_range": 0.1}
 SCHEDULE = "constant"         # lr after the warmup: constant, so a budget never ends inside the plateau
 
