@@ -424,7 +424,8 @@ def train_pathstar(model, spec: PathStar, objective: str = "ntp", steps: int = 1
                    callback=None) -> dict:
     """Train `model` (built with d_vocab = spec.vocab, n_ctx >= spec.n_ctx) for `steps` updates of B fresh
     graphs each: linear warmup, then ("constant", the default: see SCHEDULE) the peak lr or ("cosine")
-    decay to 0, as tinyseq.optim.lr_at; build the model from MODEL. callback(step, loss) after every step. Returns {"steps", "seconds", "final_loss"}."""
+    decay to 0, as tinyseq.optim.lr_at; build the model from MODEL. callback(step, loss) after every step.
+    Returns {"steps", "seconds", "final_loss"}."""
     from tinyseq.nn import ops as numpy_ops
     from tinyseq.optim import lr_at
     from tinyseq.train import TrainConfig
