@@ -21,7 +21,7 @@ from tinyseq.live import LiveView
 from tinyseq.models import KINDS, config_to_dict, model_options
 from tinyseq.progress import Progress, compare_progress
 from tinyseq.runs import flag
-from tinyseq.threads import set_threads
+from tinyseq.threads import set_threads, static_threads
 from tinyseq.train import train, train_options
 
 
@@ -220,10 +220,28 @@ def _int_list(text: str, what: str) -> list[int]:
 @click.option("--threads", "threads_", default="1,2", show_default=True, help="Comma-separated thread counts.")
 @click.option("--quick", is_flag=True, help="Few short blocks: checks that everything runs, numbers are rough.")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch rows even if torch is installed.")
+@click.option("--busy", is_flag=True,
+              help="Instead: the thread policy end to end, `train --time T` with --threads 1, all cores and auto, "
+                   "idle and with one core kept busy by a child process of the bench.")
+@click.option("--busy-time", type=float, default=6.0, show_default=True, help="--busy: seconds of each train run.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="--busy: interleaved repeats (medians).")
+@click.option("--presets", default="default,paper", show_default=True,
+              help="--busy: the models, comma-separated: default (train's default) and/or paper (--preset paper).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
-def bench_cmd(models, batches, threads_, quick, no_torch, as_json):
-    """Training tokens/s of tinyseq (Numba and NumPy backends) vs PyTorch eager, interleaved, medians."""
+def bench_cmd(models, batches, threads_, quick, no_torch, busy, busy_time, repeats, presets, as_json):
+    """Training tokens/s of tinyseq (Numba and NumPy backends) vs PyTorch eager, interleaved, medians.
 
+    --busy measures the thread policy instead: steps/s of whole `tinyseq train` runs, idle and with one busy core."""
+
+    if busy:
+        def progress(ev):
+            click.echo(f"{ev['load']} {ev['preset']} repeat {ev['repeat'] + 1} --threads {ev['setting']}: "
+                       f"{ev['steps_per_s']:.1f} steps/s (other load {ev['other_load']:.2f})", err=True)
+
+        result = bench.busy_comparison(seconds=busy_time, repeats=repeats, callback=progress,
+                                       presets=[p.strip() for p in presets.split(",") if p.strip()])
+        click.echo(json.dumps(result, indent=2) if as_json else bench.format_busy(result))
+        return
     result = bench.run(models=[m.strip() for m in models.split(",") if m.strip()],
                        batches=_int_list(batches, "batches"), threads=_int_list(threads_, "threads"),
                        with_torch=not no_torch, quick=quick)
@@ -237,6 +255,8 @@ def bench_cmd(models, batches, threads_, quick, no_torch, as_json):
 # probe and demo: the answer on screen (tables of tinyseq.analysis, formatted by report.py)
 def _analysis_options(f):
     """Options shared by probe and demo: how the trained network is measured."""
+    f = click.option("--verbose", is_flag=True,
+                     help="Print the whole protocol of each table (the --json output always has it).")(f)
     f = click.option("--json", "as_json", is_flag=True,
                      help="Print one JSON object with every number instead of tables.")(f)
     f = click.option("--png", metavar="FILE", default=None,
@@ -253,13 +273,11 @@ def _analysis_options(f):
 
 
 def _run_analysis(model, proc, horizon, seed, eval_set, weighting):
-
     return analyse(model, proc, horizon=horizon, seed=seed, eval_set=eval_set, weighting=weighting, points=True)
 
 
-def _print_analysis(a, png, as_json, extra=None, before=()):
+def _print_analysis(a, png, as_json, extra=None, before=(), verbose=False):
     """Tables and picture (or JSON) of one analysis; the picture's points never go into the JSON."""
-
     pic = a["picture"]
     true, probed = pic.pop("true"), pic.pop("probed")
     if png:
@@ -268,10 +286,12 @@ def _print_analysis(a, png, as_json, extra=None, before=()):
     if as_json:
         emit_json({**(extra or {}), **report.describe(a)})
         return
-    picture = plot.simplex_picture(true, probed, titles=("true beliefs", f"probed: {pic['label']}"))
+    width, height = plot.picture_size(report.term_width())
+    picture = plot.simplex_picture(true, probed, titles=("true beliefs", f"probed: {pic['label']}"),
+                                   width=width, height=height)
     for text in before:
         click.echo(text)
-    click.echo(report.probe_report(a, picture))
+    click.echo(report.probe_report(a, picture, verbose))
     if png:
         click.echo(f"picture written to {png}")
 
@@ -294,8 +314,9 @@ def _check_png(png):
 @_analysis_options
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the fit/held-out split, the samples and the random-init control.")
-@click.option("--threads", type=int, default=None, help="BLAS / Numba threads [default: all cores].")
-def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_json, seed, threads):
+@click.option("--threads", default="auto", show_default=True, metavar="auto|N",
+              help="BLAS threads: auto (the cores other programs leave free) or a count.")
+def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_json, verbose, seed, threads):
     """What a saved network holds: belief-state recovery per layer (with random-init, shuffled-label and
     output controls), the k-step-ahead table against Bayes, and the belief simplex.
 
@@ -303,14 +324,13 @@ def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_js
         tinyseq probe runs/demo-mess3-transformer/model.npz
     """
     _check_png(png)
-    if threads is not None and threads < 1:
-        fail(f"--threads must be a positive integer, got {threads}")
-    set_threads(threads)
+    set_threads(static_threads(threads))
     path, model, proc = runs.load_for_probe(checkpoint, process_spec)
     a = _run_analysis(model, proc, horizon, seed, eval_set, weighting)
     extra = {"checkpoint": path, "model": config_to_dict(model.config)}
-    _print_analysis(a, png, as_json, extra, before=[f"{path}: a {model.kind} trained on "
-                                                    f"{model.meta.get('process', proc.label)}, probed on {proc.label}"])
+    said = report.wrap(f"{path}: a {model.kind} trained on {model.meta.get('process', proc.label)}, probed on "
+                       f"{proc.label}")
+    _print_analysis(a, png, as_json, extra, before=[said], verbose=verbose)
 
 
 @cli.command("demo")
@@ -323,11 +343,13 @@ def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_js
               help="Directory for model.npz and summary.json, replaced on every run [default: runs/demo-PROCESS-MODEL].")
 @_analysis_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Initial weights, training batches, probe split.")
-@click.option("--threads", type=int, default=None, help="BLAS / Numba threads [default: all cores].")
+@click.option("--threads", default="auto", show_default=True,
+              help="BLAS threads: auto (timed on the first steps, drops to the free cores when another program "
+                   "is busy) or a count.")
 @click.option("--no-live", is_flag=True, help="Only the progress line while training, not the live belief simplex.")
 @_model_flags
-def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png, as_json, seed, threads, no_live,
-             **model_options):
+def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png, as_json, verbose, seed, threads,
+             no_live, **model_options):
     """Train a small network on a hidden Markov process, then show what it learned: loss against the Bayes
     floor, the belief state read out of every layer, k-step-ahead predictions, and the belief simplex.
 
@@ -353,75 +375,90 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
     path = summary["checkpoint"]
     extra = {"checkpoint": path, "model": config_to_dict(model.config),
              "training": {k: v for k, v in summary.items() if k not in ("loss", "model")}}
-    _print_analysis(a, png, as_json, extra, before=["", report.trained_line(summary)])
+    _print_analysis(a, png, as_json, extra, before=["", report.trained_line(summary)], verbose=verbose)
     if not as_json:
-        click.echo(f"\ncheckpoint: {path}\nlook again with: tinyseq probe {path}")
+        click.echo("\n" + report.wrap(f"checkpoint: {path}") + "\nlook again with:\n  tinyseq probe " + path)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # compare: a grid of variants x seeds, one table (tinyseq/lab/compare.py)
 @cli.command("compare")
-@click.option("--process", "process_spec", default="mess3", show_default=True, metavar="SPEC",
-              help="Process to learn: a catalogue name (mess3, rrxor, z1r ...) or a JSON file.")
+@click.option("--process", "process_specs", multiple=True, metavar="SPEC",
+              help="Process to learn: a catalogue name (mess3, rrxor, z1r ...) or a JSON file; repeat the option "
+                   "for several processes in one table [default: mess3].")
 @click.option("--grid", default=None, metavar="VARIANTS",
               help="Comma-separated ARCH:OBJECTIVE, ARCH one of transformer, rnn, gru, lstm; OBJECTIVE ntp, "
                    "myopia=M or mtp=N [default: transformer:ntp,transformer:myopia=0,transformer:myopia=1,"
                    "transformer:myopia=3,transformer:mtp=2,transformer:mtp=4,gru:ntp,gru:myopia=0,gru:myopia=1].")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per variant (0..N-1).")
-@click.option("--time-per-run", "seconds", type=float, default=40.0, show_default=True,
-              help="Seconds of training per run (the default grid: about 12 minutes with 2 workers).")
 @click.option("--steps-per-run", "steps", type=int, default=None,
-              help="Train every run for this many steps instead of --time-per-run: equal steps for every variant, "
-                   "whatever the machine's load and each objective's cost per step.")
+              help="Steps of training per run, equal for every variant whatever the machine's load [default: per "
+                   "process, mess3 300, z1r 300, rrxor 2000, others 600].")
+@click.option("--time-per-run", "seconds", type=float, default=None,
+              help="Seconds of training per run instead of a step budget (then slower objectives train fewer steps).")
 @click.option("--workers", type=int, default=None,
               help="Local worker processes [default: as many as the cores allow].")
 @click.option("--threads-per-run", "threads", type=int, default=None,
               help="BLAS / Numba threads of each run; workers x threads must fit the cores [default: cores / workers].")
 @click.option("--horizon", type=int, default=3, show_default=True, help="Largest k of the k-step columns.")
 @click.option("--out", default=None, metavar="DIR",
-              help="Directory for one JSON per finished run and compare.json [default: runs/compare-PROCESS].")
+              help="Directory for one JSON per finished run and compare.json [default: runs/compare-PROCESS; with "
+                   "several processes, one subdirectory each].")
 @click.option("--dask", default=None, metavar="ADDRESS",
               help="Run on an existing Dask cluster (scheduler address, e.g. tcp://host:8786) instead of local "
                    "workers; needs pip install 'dask[distributed]'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the aggregate as one JSON object instead of the table.")
-def compare_cmd(process_spec, grid, seeds, seconds, steps, workers, threads, horizon, out, dask, as_json):
+def compare_cmd(process_specs, grid, seeds, steps, seconds, workers, threads, horizon, out, dask, as_json):
     """Train a grid of variants (architecture x objective) with several seeds, then print one table of
     mean +- spread over seeds: loss gap to the Bayes floor, gap vs NTP (the myopia gap), belief R^2 and
     k-step probe accuracy and KL next to Bayes, with one sentence saying what it shows.
 
     \b
         tinyseq compare --process mess3
-        tinyseq compare --process rrxor --grid transformer:ntp,transformer:mtp=2 --seeds 2 --time-per-run 20
+        tinyseq compare --process mess3 --process z1r --process rrxor
+        tinyseq compare --process rrxor --grid transformer:ntp,transformer:mtp=2 --seeds 2 --steps-per-run 500
 
     Every finished run is saved at once under --out; re-running the same command reuses it and trains only
     what is missing (a changed setting reruns). The random-init control is skipped here to keep runs cheap.
     """
-
     if seeds < 1:
         fail(f"--seeds must be at least 1, got {seeds}")
-    if seconds <= 0:
+    if seconds is not None and steps is not None:
+        fail("give one budget per run: --steps-per-run or --time-per-run, not both")
+    if seconds is not None and seconds <= 0:
         fail(f"--time-per-run must be a positive number of seconds, got {seconds:g}")
     if steps is not None and steps < 1:
         fail(f"--steps-per-run must be a positive integer, got {steps}")
     variants = compare.parse_grid(grid if grid is not None else compare.DEFAULT_GRID)
-    proc = tinyseq.process(process_spec)
-    out = out or runs.default_out(proc, "compare")
-    if os.path.exists(out) and not os.path.isdir(out):
-        fail(f"--out {out} is a file, not a directory")
-    progress = compare_progress(out, lambda text: click.echo(text, err=True))
-    result = compare.run_grid(proc, variants, seeds=seeds, seconds=seconds, steps=steps, workers=workers,
-                              threads_per_run=threads, out=out, horizon=horizon, dask=dask, callback=progress)
+    procs = [tinyseq.process(spec) for spec in (process_specs or ("mess3",))]
+    outs = runs.compare_outs(procs, out)
+    results = []
+    for proc, where in zip(procs, outs):
+        progress = compare_progress(where, lambda text: click.echo(text, err=True))
+        results.append(compare.run_grid(proc, variants, seeds=seeds, seconds=seconds, steps=steps, workers=workers,
+                                        threads_per_run=threads, out=where, horizon=horizon, dask=dask,
+                                        callback=progress))
+        if results[-1]["status"] == "interrupted":
+            break
+    _print_compare(results, as_json)
+
+
+def _print_compare(results, as_json) -> None:
+    """The table(s) and sentences of one or several grids (JSON: the one result, or {"processes": [...]})."""
     if as_json:
-        emit_json(result)
+        emit_json(results[0] if len(results) == 1 else {"processes": results})
     else:
-        click.echo(compare.format_table(result))
-        click.echo(result["sentence"])
-    if result["status"] == "interrupted":
-        click.echo(f"tinyseq: interrupted; {result['n_finished']} of {result['n_runs']} runs are saved in {out}. "
+        click.echo(compare.format_table(results))
+        for result in results:
+            click.echo(report.wrap(result["sentence"]))
+    last = results[-1]
+    if last["status"] == "interrupted":
+        click.echo(f"tinyseq: interrupted; {last['n_finished']} of {last['n_runs']} runs are saved in {last['out']}. "
                    f"Run the same command again to continue (saved runs are not repeated).", err=True)
         sys.exit(130)
-    if result["n_failed"]:
-        click.echo(f"tinyseq: {result['n_failed']} run(s) failed (see above); re-run to retry them.", err=True)
+    failed = sum(r["n_failed"] for r in results)
+    if failed:
+        click.echo(f"tinyseq: {failed} run(s) failed (see above); re-run to retry them.", err=True)
         sys.exit(1)
 
 

@@ -59,7 +59,7 @@ def main(seconds=None, seed=0, threads=1, model=None, horizon=3):
     net = build_model("transformer", model or {}, proc.vocab, seed=seed)
     n_ctx = net.config.n_ctx
     print(f"Training a {net.params.size:,}-parameter transformer on {proc.label} for {seconds:g} s ...")
-    summary = train(proc, net, TrainConfig(time=seconds, seed=seed))
+    summary = train(proc, net, TrainConfig(time=seconds, seed=seed, threads=threads))
     a = analyse(net, proc, seed=seed, horizon=horizon)
     print(f"{summary['steps']:,} steps. " + report.loss_line(a))
     print()

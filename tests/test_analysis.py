@@ -122,7 +122,7 @@ def test_json_has_the_promised_keys_and_is_strict(belief_result):
 
 def test_report_prints_every_section(belief_result):
     text = report.probe_report(belief_result, "PICTURE")
-    for needle in ("Evaluation set: all 729 possible sequences", "Bayes floor", "random init", "shuffled labels",
+    for needle in ("Evaluation set: all 729 possible sequences", "Bayes floor", "R^2 init", "shuffled labels",
                    "k steps ahead", "belief route", "PICTURE", "protocol:"):
         assert needle in text, needle
 

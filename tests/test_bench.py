@@ -38,3 +38,37 @@ def test_bench_bad_option():
     res = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "bench", "--models", "nope"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "unknown bench model" in res.stderr and "Traceback" not in res.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --busy: the arithmetic of a row and the busy child's lifetime (the timed runs themselves are BENCHMARKS.md's)
+def test_busy_row_medians_and_paired_ratio():
+    from tinyseq.lab.bench import _busy_row
+
+    def runs(rates, chosen=None):
+        return [{"steps_per_s": r, "threads": chosen and {"threads": chosen}, "other_load": 0.5} for r in rates]
+
+    row = _busy_row("busy", "default", {"1": runs([10.0, 30.0, 20.0]), "2": runs([2.0, 40.0, 1.0]),
+                                         "auto": runs([9.0, 33.0, 20.0], chosen=1)})
+    assert row["steps_per_s"] == {"1": 20.0, "2": 2.0, "auto": 20.0}
+    assert row["best"] == "1"                          # by median, although "2" had the single fastest run
+    assert row["auto_vs_best"] == 1.0                   # median of 0.9, 1.1, 1.0
+    assert row["auto_final_threads"] == [1, 1, 1] and row["other_load"] == 0.5
+
+
+def test_busy_core_child_is_stopped_even_on_an_error():
+    from tinyseq.lab.bench import BusyCore
+
+    try:
+        with BusyCore() as busy:
+            assert busy.proc.poll() is None            # running
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert busy.proc.poll() is not None
+
+
+def test_bench_busy_bad_option():
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "bench", "--busy", "--presets", "nope"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "unknown preset" in res.stderr and "Traceback" not in res.stderr

@@ -66,7 +66,7 @@ def test_grid_saves_reuses_and_reruns_changed_settings(tmp_path):
     assert rows["transformer:myopia=0"]["vs_ntp_nats"]["mean"] == pytest.approx(sum(d) / 2)
     assert rows["transformer:ntp"]["vs_ntp_nats"] is None
     table = C.format_table(r)
-    for text in ("transformer:myopia=0", "gru:ntp", "k=2 probe acc", "Bayes", "±", "steps"):
+    for text in ("transformer:myopia=0", "gru:ntp", "k-step probe accuracy", "(Bayes)", "k=2", "k-step KL", "±", "steps"):
         assert text in table
     assert r["sentence"].startswith("On mess3") and "transformer" in r["sentence"]
 
@@ -151,3 +151,23 @@ def test_sentence_names_slower_variants_under_a_time_budget():
     assert "myopia=0 costs 9.0e-4 nats" in text and "50% fewer steps" in text
     result["budget"] = {"steps": 500}
     assert "fewer steps" not in C.summary_sentence(result)
+
+
+def test_several_processes_make_one_table_with_a_process_column(tmp_path):
+    results = [C.run_grid(tinyseq.process(p), C.parse_grid("transformer:ntp"), seeds=2, steps=3, workers=1,
+                          threads_per_run=1, horizon=2, out=str(tmp_path / p),
+                          model_overrides={"transformer": TINY["transformer"]}) for p in ("mess3", "z1r")]
+    table = C.format_table(results)
+    header = next(line for line in table.splitlines() if line.startswith("process"))
+    assert header.split()[:3] == ["process", "variant", "steps"]
+    assert any(line.startswith("mess3 ") for line in table.splitlines())
+    assert any(line.startswith("z1r ") for line in table.splitlines())
+    bayes_rows = [line.split()[0] for line in table.splitlines() if line.split()[1:2] == ["(Bayes)"]]
+    assert bayes_rows == ["mess3", "z1r"]                # one Bayes row per process: their limits differ
+
+
+def test_default_budget_is_equal_steps_per_process():
+    assert C.default_steps(tinyseq.process("rrxor")) == C.DEFAULT_STEPS["rrxor"]
+    assert C.default_steps(tinyseq.process("even")) == C.DEFAULT_STEPS_OTHER
+    specs = C.run_specs(tinyseq.process("z1r"), C.parse_grid("gru:ntp"), [0], steps=C.default_steps(tinyseq.process("z1r")))
+    assert specs[0]["budget"] == {"steps": C.DEFAULT_STEPS["z1r"]}

@@ -102,9 +102,9 @@ def redraw_interval() -> float:
 
 def picture_size(n_states: int, cols: int, rows: int) -> tuple | None:
     """(panel width, panel height) in characters for a frame that fits cols x rows, or None: no room."""
-    width = min(50, (max(cols, 80) - 4) // 2)        # two panels and a 3-column gap, narrower than the screen
-    height = 3 if n_states == 2 else max(4, round(0.42 * width))   # braille dots are about square
-    height = min(height, rows - 6)                   # status (2), titles, caption, and a spare line
+    width, height = plot.picture_size(max(cols, 80))   # the final picture's proportions, at the screen's width
+    height = 3 if n_states == 2 else height             # 2 states: a strip
+    height = min(height, rows - 7)                      # status (2), titles, caption (<= 2), a spare line
     return (width, height) if height >= 3 and n_states >= 2 else None
 
 

@@ -6,6 +6,8 @@ the two panels are comparable point for point.
 """
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 
 from tinyseq.errors import TinyseqError
@@ -62,11 +64,21 @@ def simplex_picture(true_beliefs, probed_beliefs, titles=("true beliefs", "probe
     bounds = (lo[0], hi[0], lo[1], hi[1])
     left = braille_panel(a, bounds, width, height)
     right = braille_panel(b, bounds, width, height)
-    sep = "   "
-    lines = [f"{titles[0]:<{width}}{sep}{titles[1]:<{width}}"]
+    sep = " " * PANEL_GAP
+    lines = [f"{titles[0][:width]:<{width}}{sep}{titles[1][:width]:<{width}}"]
     lines += [f"{l}{sep}{r}" for l, r in zip(left, right)]
-    lines.append(f"({how}; same axes in both panels)")
+    lines += textwrap.wrap(f"({how}; same axes in both panels)", 2 * width + PANEL_GAP)
     return "\n".join(lines)
+
+
+PANEL_GAP = 3          # spaces between the two panels
+
+
+def picture_size(columns: int, max_width: int = 60) -> tuple[int, int]:
+    """Panel width and height (characters) so that two panels side by side fit `columns`; the height keeps the
+    34 x 13 proportions of the default (braille dots are 2 x 4 per character, so the simplex looks equilateral)."""
+    width = max(20, min(max_width, (columns - PANEL_GAP) // 2))
+    return width, max(8, round(width * 13 / 34))
 
 
 def simplex_png(path, true_beliefs, probed_beliefs, titles=("true beliefs", "probed from the network"),

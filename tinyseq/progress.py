@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 import time
 
+from tinyseq.report import term_width, wrap
+
 
 class Progress:
     """The training callback: a one-line bar redrawn in place on a terminal, plain periodic lines otherwise."""
@@ -20,12 +22,15 @@ class Progress:
         self.gap = None                  # last evaluation
 
     def _write(self, text, newline):
-        if self.tty:
-            self.stream.write("\r" + text.ljust(self.width) + ("\n" if newline else ""))
+        columns = term_width()
+        if self.tty and not newline:     # the bar is redrawn in place: one line, cut to the terminal
+            text = text[:columns - 1]
+            self.stream.write("\r" + text.ljust(self.width))
             self.width = len(text)
-            self.on_line = not newline
-        else:
-            self.stream.write(text + "\n")
+            self.on_line = True
+        else:                            # a message to keep: wrapped at word boundaries
+            self.stream.write(("\r" + " " * self.width + "\r" if self.on_line else "") + wrap(text, columns) + "\n")
+            self.width, self.on_line = 0, False
         self.stream.flush()
 
     width = 0

@@ -1,44 +1,79 @@
 """Tables for the terminal (tabulate). Pure formatting: every function takes numbers and returns a string.
 
 Each table is headed by one plain sentence saying what it shows, so a terminal demo teaches as it prints.
+Everything fits the terminal it is shown on (term_width: the terminal's width, 80 at least): prose is wrapped
+at word boundaries, and the tables are narrow enough for 80 columns (compare's for 120).
 """
 from __future__ import annotations
 
 import math
+import shutil
+import textwrap
 
+import tabulate as _tabulate_module
 from tabulate import tabulate as _tabulate
+
+_tabulate_module.MIN_PADDING = 0        # no extra space around headers: a column is as wide as its widest cell
+
+
+def term_width() -> int:
+    """The width output is fitted to: the terminal's (or $COLUMNS), never less than 80."""
+    return max(80, shutil.get_terminal_size((80, 24)).columns)
+
+
+def wrap(text: str, width: int | None = None) -> str:
+    """Prose re-wrapped at word boundaries to the width; a blank line keeps paragraphs apart. A single word
+    longer than the width (a long path) is kept whole, so it can still be copied."""
+    width = width or term_width()
+    return "\n\n".join(textwrap.fill(" ".join(p.split()), width, break_on_hyphens=False, break_long_words=False)
+                        for p in text.split("\n\n"))
 
 
 def tabulate(rows, **kw):
-    """tabulate that prints our pre-formatted numbers as given (no re-parsing of "0.5000" into 0.5)."""
+    """tabulate that prints our pre-formatted numbers as given (no re-parsing of "0.5000" into 0.5), with no
+    extra padding around headers (columns are as wide as their widest cell: narrow tables fit 80 columns)."""
     return _tabulate(rows, disable_numparse=True, **kw)
 
 LN2 = math.log(2)
 
 
+def fitted_table(rows, headers, colalign) -> str:
+    """tabulate, split into several tables (each repeating the first column) when it is wider than the terminal."""
+    width, n = term_width(), len(headers)
+    for per in range(n - 1, 0, -1):                     # as many columns per table as fit
+        chunks = [[0] + list(range(i, min(i + per, n))) for i in range(1, n, per)]
+        tables = [tabulate([[row[j] for j in c] for row in rows], headers=[headers[j] for j in c],
+                           colalign=[colalign[j] for j in c]) for c in chunks]
+        if per == 1 or all(len(line) <= width for t in tables for line in t.splitlines()):
+            return "\n\n".join(tables)
+
+
 def headed(sentence: str, table: str) -> str:
-    return f"{sentence}\n{table}"
+    return f"{wrap(sentence)}\n{table}"
 
 
 def catalogue_table(rows: list[dict]) -> str:
     body = [[r["name"], r["states"], r["vocab"],
              f"{r['entropy_rate_bits']:.4f}" + ("" if r["entropy_rate_exact"] else "*"),
              f"{r['msp_states_depth10']:,}" + ("" if r["msp_finite"] else "+"),
-             r["ranks"]["next_token"], r["ranks"]["kstep_marginals"], r["ranks"]["joint_futures"], r["about"]]
-            for r in rows]
-    table = tabulate(body, headers=["process", "states", "vocab", "entropy rate (bits)", "MSP beliefs (depth 10)",
-                                    "rank next-token", "rank k-step", "rank joint (3)", "what it shows"],
-                     colalign=("left", "right", "right", "right", "right", "right", "right", "right", "left"))
+             r["ranks"]["next_token"], r["ranks"]["kstep_marginals"], r["ranks"]["joint_futures"]] for r in rows]
+    table = tabulate(body, headers=["process", "states", "vocab", "h (bits)", "MSP d10", "next", "k-step", "joint"],
+                     colalign=("left",) + ("right",) * 7)
+    about = "\n".join(textwrap.fill(f"{r['name'].split(':')[0]}: {r['about']}", term_width(),
+                                    subsequent_indent="  ") for r in rows)
+    notes = ["h: entropy rate; * an estimate h(10): the MSP is infinite. MSP d10: distinct beliefs after 10 tokens; "
+             "+ it keeps growing with depth (infinite). next, k-step, joint: rank of the linear map from the belief "
+             "to the next-token distribution, to the k-step marginals, and to the joint of the next 3 tokens.",
+             "Use `tinyseq process show NAME` for one process in detail."]
     return headed(
-        "The catalogue: how many hidden states each process has, how unpredictable it is, and how much of the\n"
+        "The catalogue: how many hidden states each process has, how unpredictable it is, and how much of the "
         "belief state each kind of prediction reveals (rank of the linear map from belief to prediction).",
-        table) + ("\n* estimate h(10): the MSP is infinite.  + the MSP keeps growing with depth (infinite)."
-                  "\nUse `tinyseq process show NAME` for one process in detail.")
+        table) + "\n" + "\n".join(wrap(n) for n in notes) + "\n\n" + about
 
 
 def process_report(f: dict) -> str:
     out = []
-    out.append(f"{f['name']}: {f['states']} hidden states, {f['vocab']} symbols ({', '.join(f['symbols'])})")
+    out.append(wrap(f"{f['name']}: {f['states']} hidden states, {f['vocab']} symbols ({', '.join(f['symbols'])})"))
     stat = ", ".join(f"{p:.4f}" for p in f["stationary"])
     rate = f"{f['entropy_rate_nats']:.6f} nats = {f['entropy_rate_bits']:.6f} bits"
     rate += " (exact)" if f["entropy_rate_exact"] else f" (estimate h({f['depth']}); the MSP is infinite)"
@@ -52,7 +87,8 @@ def process_report(f: dict) -> str:
         ["statistical complexity C_mu",
          f"{cmu:.6f} nats = {cmu / LN2:.6f} bits" if cmu is not None else "n/a (MSP not finite)"],
     ]
-    out.append(tabulate(facts, tablefmt="plain"))
+    label = max(len(row[0]) for row in facts)
+    out.append(tabulate(facts, tablefmt="plain", maxcolwidths=[None, term_width() - label - 2]))
     out.append("")
     h = f["myopic_entropy_nats"]
     rows = [[L + 1, f"{v:.6f}", f"{v / LN2:.6f}", f"{sum(h[:L + 1]):.6f}"] for L, v in enumerate(h)]
@@ -81,8 +117,8 @@ def process_report(f: dict) -> str:
 
 
 def gradcheck_report(results, tol) -> str:
-    out = [f"Hand-written backward vs central finite differences, float64, random upstream gradient.\n"
-           f"A tensor passes when its largest relative error is below {tol:g}."]
+    out = [wrap(f"Hand-written backward vs central finite differences, float64, random upstream gradient. "
+                f"A tensor passes when its largest relative error is below {tol:g}.")]
     for kind, label, rows in results:
         body = [[r["name"], "x".join(map(str, r["shape"])), f"{r['max_abs_diff']:.2e}", f"{r['max_rel_err']:.2e}",
                  "OK" if r["ok"] else "FAIL"] for r in rows]
@@ -184,17 +220,25 @@ def kstep_protocol(f: dict) -> str:
 
 def eval_set_line(a: dict) -> str:
     e = _described(a)["eval_set"]
-    return f"Evaluation set: {e['description']}; {e['split']}."
+    return wrap(f"Evaluation set: {e['description']}; {e['split']}.")
 
 
 def loss_line(a: dict) -> str:
     loss = a["loss"]
     floor = "Bayes floor" if loss.get("floor_exact", True) else "estimated floor"
-    return (f"Loss on that set: {loss['mean_nats']:.5f} nats per token vs the {floor} {loss['floor_nats']:.5f}: "
-            f"gap {loss['gap_nats']:.5f} nats ({loss['gap_percent']:.2f}% of the floor).")
+    return wrap(f"Loss on that set: {loss['mean_nats']:.5f} nats per token vs the {floor} {loss['floor_nats']:.5f}: "
+                f"gap {loss['gap_nats']:.5f} nats ({loss['gap_percent']:.2f}% of the floor).")
 
 
-def belief_table(a: dict) -> str:
+def protocol_line(text: str, verbose: bool = False) -> str:
+    """A protocol sentence: its first two clauses by default (the set and the split), whole with --verbose."""
+    clauses = text.split("; ")
+    if not verbose and len(clauses) > 2:
+        text = "; ".join(clauses[:2]) + "; ... (--verbose: the whole protocol)"
+    return wrap(f"protocol: {text}")
+
+
+def belief_table(a: dict, verbose: bool = False) -> str:
     """Trained hooks next to the same probe on the randomly initialised network, then the other controls."""
     a = _described(a)
     rows = a["belief_recovery"]
@@ -204,33 +248,29 @@ def belief_table(a: dict) -> str:
         if r["control"] is not None:
             continue
         c = random.get(r["hook"])
-        body.append([r["label"], r["width"], f"{r['r2']:.4f}", _sci(r["mse"]), f"{r['rmse']:.4f}",
+        body.append([r["label"], r["width"], f"{r['r2']:.4f}", _sci(r["mse"]),
                      f"{c['r2']:.4f}" if c else "-", _sci(c["mse"]) if c else "-",
                      _ratio(c["mse"] / r["mse"]) if c and r["mse"] > 0 else "-"])
-    has_random = bool(random)
-    headers = ["activations", "width", "R^2", "MSE", "RMSE"]
-    if has_random:
-        headers += ["R^2 random init", "MSE random init", "MSE ratio"]
-    else:
-        body = [r[:5] for r in body]
+    headers = ["activations", "width", "R^2", "MSE"] + (["R^2 init", "MSE init", "ratio"] if random else [])
+    body = [row[:len(headers)] for row in body]
     main = tabulate(body, headers=headers, colalign=("left",) + ("right",) * (len(headers) - 1))
     names = {"shuffled_labels": "shuffled labels: ", "model_output": "", "bayes_output": ""}
-    ctrl = [[names[r["control"]] + r["label"], r["width"], f"{r['r2']:.4f}", _sci(r["mse"]), f"{r['rmse']:.4f}"]
+    ctrl = [[names[r["control"]] + r["label"], r["width"], f"{r['r2']:.4f}", _sci(r["mse"])]
             for r in rows if r["control"] in names]
-    ctrl_table = tabulate(ctrl, headers=["control", "width", "R^2", "MSE", "RMSE"],
-                          colalign=("left", "right", "right", "right", "right"))
+    ctrl_table = tabulate(ctrl, headers=["control", "width", "R^2", "MSE"], colalign=("left",) + ("right",) * 3)
     out = [headed("How much of the exact belief state each layer holds: an affine probe from its activations to "
-                  "the belief,\nscored on held-out sequences.", main),
-           "MSE is per belief coordinate (the published mess3 model: 3.9e-4)."
-           + (" 'random init' is the same probe on the same architecture\nbefore training: a layer has learned the "
-              "belief only where its MSE is far below that control." if has_random else ""),
+                  "the belief, scored on held-out sequences.", main),
+           wrap("MSE is per belief coordinate (the published mess3 model: 3.9e-4)."
+                + (" 'init' is the same probe on the same architecture before training (random weights), 'ratio' "
+                   "its MSE over the trained one's: a layer has learned the belief only where its MSE is far below "
+                   "that control." if random else "")),
            "",
            headed("Controls: a probe fitted to shuffled labels (it can read nothing), and probes from the model's "
-                  "next-token output\nand from the exact Bayes next-token distribution (how much of the belief a "
+                  "next-token output and from the exact Bayes next-token distribution (how much of the belief a "
                   "prediction reveals).", ctrl_table),
-           f"protocol: {a['belief_protocol']}"]
+           protocol_line(a["belief_protocol"], verbose)]
     if not a["belief_set"]["same_sequences_as_eval_set"]:
-        out.append(f"belief-probe set: {a['belief_set']['description']}")
+        out.append(wrap(f"belief-probe set: {a['belief_set']['description']}"))
     return "\n".join(out)
 
 
@@ -240,17 +280,17 @@ def distance_table(a: dict) -> str:
         return ""
     r = a["ranks"]
     body = [[x["label"], f"{x['r2_true']:.3f}", f"{x['r2_next']:.3f}"] for x in d]
-    table = tabulate(body, headers=["activations", "R^2 vs belief distances", "R^2 vs next-token distances"],
+    table = tabulate(body, headers=["activations", "R^2 vs belief", "R^2 vs next-token"],
                      colalign=("left", "right", "right"))
     return (headed("Beyond the next token: do distances between probed beliefs follow the true-belief distances "
-                   "or the next-token ones?", table)
-            + f"\nFor {a['process']} the next-token prediction is a rank-{r['next_token']} view of a "
-              f"{r['states']}-state belief; a layer that holds more than its output\nscores higher in the first "
-              f"column (published for rrxor: 0.95 vs 0.31). {d[0]['n_pairs']:,} pairs of held-out prefixes, drawn "
-              f"by probability.")
+                   "or the next-token ones? (R^2 of probed distances against each kind of distance)", table) + "\n"
+            + wrap(f"For {a['process']} the next-token prediction is a rank-{r['next_token']} view of a "
+                   f"{r['states']}-state belief; a layer that holds more than its output scores higher in the first "
+                   f"column (published for rrxor: 0.95 vs 0.31). {d[0]['n_pairs']:,} pairs of held-out prefixes, "
+                   f"drawn by probability."))
 
 
-def kstep_table(a: dict) -> str:
+def kstep_table(a: dict, verbose: bool = False) -> str:
     a = _described(a)
     rows = a["kstep"]
 
@@ -260,15 +300,15 @@ def kstep_table(a: dict) -> str:
     body = [[r["k"], f"{r['baseline_accuracy']:.4f}", f"{r['bayes_accuracy']:.4f}",
              cell(r["rollout_accuracy"], r["rollout_gain"]), cell(r["probe_accuracy"], r["probe_gain"]),
              cell(r["belief_route_accuracy"], r["belief_route_gain"]), f"{r['kl_bits']:.5f}"] for r in rows]
-    table = tabulate(body, headers=["k", "baseline", "Bayes", "model, chained", "probe", "belief route",
-                                    "KL bits"], colalign=("right",) * 7)
+    table = tabulate(body, headers=["k", "baseline", "Bayes", "chained", "probe", "route", "KL bits"],
+                     colalign=("right",) * 7)
     return (headed("Predicting the token k steps ahead: each predictor's expected accuracy E[P*(its guess)] under "
-                   "the exact k-step\ndistribution, and in brackets its share of the gain from the baseline to "
-                   "Bayes.", table)
-            + "\nbaseline: always the most frequent symbol. model, chained: the model fed its own predictions, "
-              "f(a, b, c) == g(a)(b)(c)\n(KL bits: KL(P* || it)). probe: token t+k read straight from "
-              f"{a['kstep_hook_label']}. belief route: probed belief x exact k-step map."
-            + f"\nprotocol: {a['kstep_protocol']}")
+                   "the exact k-step distribution, and in brackets its share of the gain from the baseline to "
+                   "Bayes.", table) + "\n"
+            + wrap("baseline: always the most frequent symbol. chained: the model fed its own predictions, "
+                   "f(a, b, c) == g(a)(b)(c) (KL bits: KL(P* || it)). probe: token t+k read straight from "
+                   f"{a['kstep_hook_label']}. route: the belief route, probed belief x exact k-step map.")
+            + "\n" + protocol_line(a["kstep_protocol"], verbose))
 
 
 def simplex_section(a: dict, picture_text: str) -> str:
@@ -277,14 +317,14 @@ def simplex_section(a: dict, picture_text: str) -> str:
                   f"{p['label']} puts them (MSE {p['mse']:.2e}).", picture_text)
 
 
-def probe_report(a: dict, picture_text: str | None = None) -> str:
+def probe_report(a: dict, picture_text: str | None = None, verbose: bool = False) -> str:
     """Everything `tinyseq probe` prints, in reading order (a: analyse()'s result, with or without describe())."""
     a = _described(a)
-    parts = [eval_set_line(a), loss_line(a), "", belief_table(a)]
+    parts = [eval_set_line(a), loss_line(a), "", belief_table(a, verbose)]
     dist = distance_table(a)
     if dist:
         parts += ["", dist]
-    parts += ["", kstep_table(a)]
+    parts += ["", kstep_table(a, verbose)]
     if picture_text:
         parts += ["", simplex_section(a, picture_text)]
     return "\n".join(parts)
@@ -299,14 +339,14 @@ def train_summary(summary: dict) -> str:
     floor = "Bayes floor" if loss["floor_exact"] else "estimated floor"
     return "\n".join([
         tabulate(rows, headers=["position L", "loss (nats)", "floor h(L)", "gap"], colalign=("right",) * 4),
-        f"{summary['steps']} steps, {summary['tokens']:,} tokens in {summary['seconds']:.1f} s ({rate} tokens/s)",
-        f"loss {loss['mean_nats']:.5f} nats vs {floor} {loss['floor_nats']:.5f}: gap {loss['gap_nats']:.5f} "
-        f"nats ({loss['gap_percent']:.2f}% of the floor)",
-        f"checkpoint: {summary['checkpoint']}  (tinyseq.load(path) in Python)"])
+        wrap(f"{summary['steps']} steps, {summary['tokens']:,} tokens in {summary['seconds']:.1f} s ({rate} tokens/s)"),
+        wrap(f"loss {loss['mean_nats']:.5f} nats vs {floor} {loss['floor_nats']:.5f}: gap {loss['gap_nats']:.5f} "
+             f"nats ({loss['gap_percent']:.2f}% of the floor)"),
+        wrap(f"checkpoint: {summary['checkpoint']}  (tinyseq.load(path) in Python)")])
 
 
 def trained_line(summary: dict) -> str:
-    return f"Trained {summary['steps']:,} steps ({summary['tokens']:,} tokens) in {summary['seconds']:.1f} s."
+    return wrap(f"Trained {summary['steps']:,} steps ({summary['tokens']:,} tokens) in {summary['seconds']:.1f} s.")
 
 
 def demo_intro(f: dict) -> str:
@@ -314,8 +354,9 @@ def demo_intro(f: dict) -> str:
     r = f["ranks"]
     reveal = ("so the next-token prediction alone pins down the belief" if r["next_token"] >= r["states"]
               else "so a perfect next-token predictor could still forget part of the belief")
-    return (f"{f['name']}: {f['states']} hidden states, {f['vocab']} symbols ({', '.join(f['symbols'])}).\n"
-            f"A model reading {f['context']} tokens can at best reach a mean loss of {f['floor_nats']:.5f} nats per "
-            f"token\n(the Bayes floor, mean h(2..{f['context'] + 1})).\n"
-            f"The belief over the hidden states is all any predictor needs for every future token. The map from\n"
-            f"belief to next-token prediction has rank {r['next_token']} for a {r['states']}-state belief,\n{reveal}.")
+    return "\n".join(wrap(text) for text in (
+        f"{f['name']}: {f['states']} hidden states, {f['vocab']} symbols ({', '.join(f['symbols'])}).",
+        f"A model reading {f['context']} tokens can at best reach a mean loss of {f['floor_nats']:.5f} nats per "
+        f"token (the Bayes floor, mean h(2..{f['context'] + 1})).",
+        f"The belief over the hidden states is all any predictor needs for every future token. The map from "
+        f"belief to next-token prediction has rank {r['next_token']} for a {r['states']}-state belief, {reveal}."))

@@ -125,6 +125,22 @@ def default_out(proc, prefix: str, kind: str | None = None) -> str:  # runs/demo
     return os.path.join("runs", "-".join([prefix, base] + ([kind] if kind else [])))
 
 
+def compare_outs(procs, out) -> list[str]:
+    """Where `tinyseq compare` saves each process's runs: --out itself for one process, out/NAME for several
+    (default runs/compare-NAME, shared with the single-process command, so saved runs are reused)."""
+    names = [os.path.splitext(os.path.basename(p.name.split(":")[0]))[0] or "process" for p in procs]
+    if len(set(p.label for p in procs)) != len(procs):
+        raise TinyseqError("a process is given twice: give each --process once")
+    if out is None:
+        outs = [default_out(p, "compare") for p in procs]
+    else:
+        outs = [out] if len(procs) == 1 else [os.path.join(out, f"{i}-{n}") for i, n in enumerate(names)]
+    for where in outs:
+        if os.path.exists(where) and not os.path.isdir(where):
+            raise TinyseqError(f"--out {where} is a file, not a directory")
+    return outs
+
+
 def demo_run(process_spec, kind, seconds, seed, threads, given_model, horizon, out):
     """`tinyseq demo`'s run: -> (process, model, TrainConfig, out); the folder is replaced on every run."""
     check_model_options(kind, given_model)

@@ -78,12 +78,15 @@ class TrainConfig:
     checkpoint_every: int = 0        # steps between checkpoints (0 = only at the end)
     seed: int = 0                    # initial weights and the training batches
     dtype: str = "float32"           # "float32" (fast) or "float64" (for checks)
-    threads: int | None = None       # Numba / BLAS threads (None: leave as configured)
+    threads: str | int | None = "auto"  # BLAS threads: auto (timed on the first steps, watches other programs) or N
     backend: str = "numba"           # "numba" kernels or the "numpy" reference (where the model has both)
     objective: str = "ntp"           # "ntp": next token; "mtp:N": N heads, head i predicts x_{t+i} (objectives.py)
     mtp_weights: str | None = None   # loss weights of the N heads, "w1,w2,..."; None: all 1 (the plain sum)
     myopia: int | None = None        # M: the loss at t sends no gradient to positions < t-M (rnn: BPTT window M+1)
 
+    def __post_init__(self):
+        if isinstance(self.threads, str) and self.threads.strip().isdigit():
+            self.threads = int(self.threads)         # --threads 2 arrives as text (the option also takes auto)
 
     def validate(self) -> "TrainConfig":
         """One-line TinyseqError for any setting training cannot run with."""
@@ -117,10 +120,9 @@ class TrainConfig:
         number("checkpoint_every", self.checkpoint_every, 0, lo_open=False, integer=True)
         number("seed", self.seed, 0, lo_open=False, integer=True)
         number("eval_seed", self.eval_seed, 0, lo_open=False, integer=True)
-        number("threads", self.threads, 0, integer=True, allow_none=True)
-        if self.threads is not None:
-            from tinyseq.threads import check_threads
-            check_threads(int(self.threads))
+        from tinyseq.threads import parse_threads
+
+        parse_threads(self.threads)
         budgets = [name for name in ("steps", "tokens", "time") if getattr(self, name) is not None]
         if len(budgets) > 1:
             raise TinyseqError(f"give one budget, not {' and '.join('--' + b for b in budgets)}: "
@@ -170,7 +172,7 @@ def train_options() -> list[dict]:
     out = []
     for f in dataclasses.fields(TrainConfig):
         annotation = str(f.type)
-        typ = (tuple if "tuple" in annotation else float if "float" in annotation
+        typ = (tuple if "tuple" in annotation else str if "str" in annotation else float if "float" in annotation
                else int if "int" in annotation else str)
         out.append({"name": f.name, "type": typ, "default": f.default, "help": comments.get(f.name, "")})
     return out
@@ -311,6 +313,7 @@ class TrainState:
     last_eval: dict | None = None
     in_update: bool = False          # inside AdamW's in-place update (a Ctrl-C there must not be saved)
     last_dt: float = 0.0             # seconds of the last training step
+    threads: object = None           # the thread policy in use: a count or an AutoThreads (its record is saved)
 
     def to_meta(self, with_clock: bool) -> dict:
         """What a checkpoint keeps. The wall clock goes in only when the budget is time (a --time run resumes
@@ -318,17 +321,24 @@ class TrainState:
         meta = {"step": self.step, "tokens": self.tokens, "rng": self.rng, "finished": self.finished}
         if with_clock:
             meta.update(seconds=self.seconds, step_seconds=self.step_seconds)
+        if self.threads is not None:
+            from tinyseq.threads import threads_record
+            meta["threads"] = threads_record(self.threads, with_history=with_clock)
         return meta
 
 
-def apply_threads(n: int | None) -> None:
+def apply_threads(n, step: int = 0):
     """Use n threads (tinyseq.threads' policy: BLAS gets them, Numba kernels run serially), and keep freed
-    memory for the next step's activations (tinyseq.threads.keep_freed_memory)."""
+    memory for the next step's activations (tinyseq.threads.keep_freed_memory). n = "auto": returns the
+    AutoThreads the loop reports each step to; a count: returns it; None: threads left as they are."""
     from tinyseq import threads
 
     threads.keep_freed_memory()
+    if n == "auto":
+        return threads.start_auto_threads(step)
     if n is not None:
-        threads.set_threads(int(n))
+        return threads.set_threads(int(n))
+    return None
 
 
 def save_run(path, model, process, config: TrainConfig, state: TrainState) -> str:
@@ -448,10 +458,11 @@ class _Run:
     def __init__(self, process, model, config, out, callback, state):
         self.config, self.objective = _check_run(process, model, config)
         self.process, self.model, self.emit = process, model, callback or (lambda event: None)
-        apply_threads(config.threads)
         self.ckpt_path = _output_path(out)
         self.out = out
         self.state = _start_state(state, model)
+        self.state.threads = apply_threads(self.config.threads, self.state.step)
+        self.auto_threads = getattr(self.state.threads, "after_step", None)   # --threads auto: told each step's time
         self.rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(1,)))
         if self.state.rng is not None:
             self.rng.bit_generator.state = self.state.rng
@@ -488,6 +499,8 @@ class _Run:
             except NotFinite as e:
                 self.diverged(*e.args, lr)
             self.count_step(time.perf_counter() - t0)
+            if self.auto_threads:
+                self.auto_threads(state.last_dt)          # may change the BLAS thread count for the next step
             self.emit({"event": "step", "step": state.step, "steps": self.total, "time": config.time,
                        "tokens": state.tokens, "seconds": state.seconds, "tokens_per_s": self.per_step / state.last_dt,
                        "loss": head_losses[0], "objective_loss": float(loss), "head_losses": head_losses,
@@ -581,6 +594,7 @@ def _start_state(state, model) -> TrainState:  # a new state, or a resumed one t
 def make_summary(process, model, config, state, status, ckpt_path) -> dict:
     from tinyseq.models import config_to_dict
     from tinyseq.objectives import objective_from
+    from tinyseq.threads import threads_record
 
     ev = state.last_eval or {}
     return {"status": status, "process": process.label, "model": config_to_dict(model.config),
@@ -592,6 +606,7 @@ def make_summary(process, model, config, state, status, ckpt_path) -> dict:
             "tokens_per_s": (state.session_tokens / state.session_step_seconds
                              if state.session_step_seconds > 0 else None),
             "checkpoint": ckpt_path, "train": config.to_dict(),
+            "threads": None if state.threads is None else threads_record(state.threads, with_history=True),
             "objective": objective_from(config).to_dict()}
 
 

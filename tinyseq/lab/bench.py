@@ -20,6 +20,7 @@ token costs, and the name of a PyTorch builder in TORCH_BUILDERS (the worker sid
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -452,6 +453,139 @@ def format_table(result: dict) -> str:
         c = result["compile_seconds"]
         lines.append(f"Numba compile (import + first step of every kernel): cold {c['cold']:.1f} s, "
                      f"warm (cached) {c['warm']:.1f} s")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --busy: the thread policy end to end, on an idle machine and with one core kept busy by another program
+#
+# Each run is the command a user types, `tinyseq train --process mess3 --time T --threads X` in a fresh
+# process (start-up, sampling and evaluation included), and its rate is steps / seconds from its summary.
+# The thread settings are interleaved within each repeat, so a shared machine's changing load falls on all
+# of them alike; the table shows medians. "busy" = a child process of ours spinning `while True: pass`,
+# started before the runs and always stopped afterwards (also on Ctrl-C or an error).
+
+# the busy loop stops by itself if we die without stopping it (its parent changes)
+BUSY_LOOP = ("import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n"
+             "    for _ in range(1_000_000):\n        pass\n")
+BUSY_PRESETS = {"default": [], "paper": ["--preset", "paper"]}
+
+
+class BusyCore:
+    """`with BusyCore():` one core kept busy by a child process for the duration of the block."""
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", BUSY_LOOP], stdin=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+        return False
+
+
+def _cli_command() -> list[str]:
+    """How to run the tinyseq CLI in a child process (works from a checkout and when installed)."""
+    return [sys.executable, "-c", "import sys, cli; cli.main(sys.argv[1:])"]
+
+
+def train_rate(args: list[str], threads: str, seconds: float) -> dict:
+    """Run `tinyseq train ARGS --time seconds --threads threads` in a fresh process: its steps per second,
+    the thread counts it used and the other programs' load meanwhile (cores, from tinyseq.threads)."""
+    import resource
+
+    from tinyseq.threads import _proc_stat
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with tempfile.TemporaryDirectory(prefix="tinyseq-busy-") as out:
+        cmd = [*_cli_command(), "train", *args, "--time", f"{seconds:g}", "--threads", threads,
+               "--out", out, "--json"]
+        before = _proc_stat(), resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            stdout, stderr = proc.communicate()
+        finally:
+            if proc.poll() is None:             # Ctrl-C or an error while waiting: never leave it running
+                proc.kill()
+                proc.wait()
+        other = _other_load(before, (_proc_stat(), resource.getrusage(resource.RUSAGE_CHILDREN),
+                                     time.process_time()))
+    if proc.returncode != 0:
+        last = (stderr.strip().splitlines() or ["no message"])[-1]
+        raise TinyseqError(f"tinyseq {' '.join(cmd[3:])} failed: {last}")
+    summary = json.loads(stdout)
+    return {"steps_per_s": summary["steps"] / summary["seconds"], "threads": summary.get("threads"),
+            "other_load": other}
+
+
+def _other_load(before, after) -> float:
+    """Cores busy outside this process and the train child it waited for, between two readings of
+    (/proc/stat, children's rusage, own CPU time); 0.0 without /proc/stat."""
+    if before[0] is None or after[0] is None:
+        return 0.0
+    busy, wall = after[0][0] - before[0][0], after[0][1] - before[0][1]
+    ours = sum(getattr(after[1], f) - getattr(before[1], f) for f in ("ru_utime", "ru_stime")) + after[2] - before[2]
+    return max(0.0, (busy - ours) / wall) if wall > 0 else 0.0
+
+
+def busy_comparison(seconds: float = 6.0, repeats: int = 3, presets=("default", "paper"), process="mess3",
+                    callback=None) -> dict:
+    """steps/s of `train --time seconds` with --threads 1, all cores and auto, idle and with a busy core:
+    medians over `repeats` interleaved rounds, and auto / the best explicit count."""
+    from tinyseq.threads import default_threads
+
+    if seconds <= 0 or repeats < 1:
+        raise TinyseqError(f"--busy needs a positive --busy-time and --repeats, got {seconds:g} and {repeats}")
+    for p in presets:
+        if p not in BUSY_PRESETS:
+            raise TinyseqError(f"unknown preset {p!r} for --busy: use {', '.join(BUSY_PRESETS)}")
+    settings = ["1"] + ([str(default_threads())] if default_threads() > 1 else []) + ["auto"]
+    rows = []
+    for load in ("idle", "busy"):
+        with BusyCore() if load == "busy" else contextlib.nullcontext():
+            for preset in presets:
+                runs = {t: [] for t in settings}
+                for r in range(repeats):
+                    for t in settings:
+                        runs[t].append(train_rate(["--process", process, *BUSY_PRESETS[preset]], t, seconds))
+                        if callback:
+                            callback({**runs[t][-1], "load": load, "preset": preset, "repeat": r, "setting": t})
+                rows.append(_busy_row(load, preset, runs))
+    return {"process": process, "seconds": seconds, "repeats": repeats, "cores": default_threads(), "rows": rows,
+            "command": f"tinyseq train --process {process} [--preset paper] --time {seconds:g} --threads X"}
+
+
+def _busy_row(load: str, preset: str, runs: dict) -> dict:
+    """Medians of one load x preset: steps/s per setting; auto / the best explicit setting (best by median),
+    paired like the PyTorch ratio: the median over repeats of that repeat's ratio; what auto ended on."""
+    rate = {t: np.array([r["steps_per_s"] for r in rs]) for t, rs in runs.items()}
+    med = {t: float(np.median(v)) for t, v in rate.items()}
+    best = max((t for t in med if t != "auto"), key=med.get)
+    chosen = [r["threads"]["threads"] if r["threads"] else None for r in runs["auto"]]
+    return {"load": load, "preset": preset, "steps_per_s": {t: round(v, 2) for t, v in med.items()},
+            "runs": {t: [round(r["steps_per_s"], 2) for r in rs] for t, rs in runs.items()},
+            "best": best, "auto_vs_best": round(float(np.median(rate["auto"] / rate[best])), 3),
+            "auto_final_threads": chosen,
+            "other_load": round(float(np.median([r["other_load"] for rs in runs.values() for r in rs])), 2)}
+
+
+def format_busy(result: dict) -> str:
+    """The --busy rows as a Markdown table."""
+    settings = list(result["rows"][0]["steps_per_s"])
+    head = ["machine", "model", *[f"--threads {t} steps/s" for t in settings], "auto / best",
+            "auto ended on", "other load (cores)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        load = "no busy loop" if r["load"] == "idle" else "busy loop on one core"
+        model = "default" if r["preset"] == "default" else "--preset paper"
+        lines.append(f"| {load} | {model} | " + " | ".join(f"{r['steps_per_s'][t]:.1f}" for t in settings)
+                     + f" | {r['auto_vs_best']:.2f}x | {', '.join(str(n) for n in r['auto_final_threads'])} | "
+                     f"{r['other_load']:.2f} |")
+    lines.append("")
+    lines.append(f"{result['command']}; {result['seconds']:g} s per run, medians of {result['repeats']} "
+                 f"interleaved repeats (auto / best: median of the per-repeat ratios), {result['cores']} cores; other load = cores busy outside the run "
+                 f"(the busy loop included)")
     return "\n".join(lines)
 
 

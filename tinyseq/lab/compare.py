@@ -51,7 +51,16 @@ DEFAULT_SEEDS = 3
 # and start-up): about 11-12 minutes on 2 cores for mess3, z1r or rrxor. The default transformer learns rrxor
 # in that time too (measured: gap 0.0033 nats, 0.6% of the floor, at 40 s on one thread; the published
 # rrxor setting lr 1e-3 batch 64 reached only 0.011 in the same 40 s), so no per-process size is needed.
-DEFAULT_SECONDS = 40.0
+DEFAULT_SECONDS = 40.0       # --time-per-run when a time budget is asked for
+# The default budget is equal *steps* for every variant (load-independent): enough for the transformer and the
+# GRU with next-token training to come within 1% of each catalogue process's Bayes floor (see the README).
+DEFAULT_STEPS = {"mess3": 300, "z1r": 300, "rrxor": 2000}
+DEFAULT_STEPS_OTHER = 600
+
+
+def default_steps(process) -> int:
+    """The default steps per run for a process: from DEFAULT_STEPS by catalogue name, else DEFAULT_STEPS_OTHER."""
+    return DEFAULT_STEPS.get(process.name.split(":")[0].lower(), DEFAULT_STEPS_OTHER)
 DEFAULT_HORIZON = 3          # k = 1..3: enough to see the k-step structure, narrow enough for one table
 NOISE_SPREADS = 2.0          # a difference counts as real when it exceeds this many seed spreads of NTP's gap
 RESULT_VERSION = 1           # bump when what a run file holds changes (old files are then re-run)
@@ -324,12 +333,13 @@ def _dask_results(todo, address, threads):
             client.close()
 
 
-def run_grid(process, variants, seeds=DEFAULT_SEEDS, seconds=DEFAULT_SECONDS, steps=None, workers=None,
+def run_grid(process, variants, seeds=DEFAULT_SEEDS, seconds=None, steps=None, workers=None,
              threads_per_run=None, out=None, horizon=DEFAULT_HORIZON, model_overrides=None, train_overrides=None,
              dask=None, callback=None) -> dict:
     """Train and analyse every (variant, seed) not already saved under `out`, then aggregate.
 
-    seeds: a count (seeds 0..n-1) or a list. Budget per run: seconds (default) or steps. out: a directory
+    seeds: a count (seeds 0..n-1) or a list. Budget per run: seconds or steps (default: default_steps(process)).
+    out: a directory
     (None: nothing is saved or reused). dask: a scheduler address ("tcp://host:8786") or a distributed.Client
     to run on instead of local worker processes. callback(event: dict) gets "plan", "cached", "finished",
     "failed" events. Ctrl-C returns the aggregate of the runs finished so far, with status "interrupted".
@@ -339,6 +349,8 @@ def run_grid(process, variants, seeds=DEFAULT_SEEDS, seconds=DEFAULT_SECONDS, st
         raise TinyseqError(f"seeds must be a positive count or distinct seeds >= 0, got {seeds!r}")
     if seconds is not None and steps is not None:
         seconds = None                               # an explicit step budget wins (tests, exact repeats)
+    if seconds is None and steps is None:
+        steps = default_steps(process)
     if seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0 and math.isfinite(seconds)):
         raise TinyseqError(f"--time-per-run must be a positive number of seconds, got {seconds!r}")
     emit = callback or (lambda event: None)
@@ -468,40 +480,74 @@ def _pm(ms, fmt, spread_fmt=None) -> str:
     return fmt(ms["mean"]) + spread
 
 
-def format_table(result: dict) -> str:
-    from tinyseq.report import tabulate
+def format_table(result) -> str:
+    """One result of run_grid, or a list of them (one per process: then every table gains a process column),
+    as four narrow tables: loss, belief R^2, k-step probe accuracy (with each process's Bayes row), k-step KL."""
+    from tinyseq.report import fitted_table, wrap
 
-    rows = result["rows"]
-    done = [r for r in rows if r["seeds"]]
-    if not done:
+    results = result if isinstance(result, list) else [result]
+    if not any(r["seeds"] for res in results for r in res["rows"]):
         return "no finished runs yet"
-    acc = lambda x: f"{x:.4f}"                                      # noqa: E731
-    r2 = lambda x: f"{x:.3f}"                                       # noqa: E731
-    signed = lambda x: ("+" if x > 0 else "") + _short(x)           # noqa: E731
-    spread1 = lambda x: _short(x, 1)                                # noqa: E731
-    headers = ["variant", "steps", "loss gap\n(nats)", "vs NTP\n(nats)", "belief R^2\nbest hook", "belief R^2\nconcat"]
-    for k in range(1, result["horizon"] + 1):
-        bayes = next((x["bayes_accuracy"]["mean"] for r in done for x in r["kstep"] if x["k"] == k), None)
-        headers += [f"k={k} probe acc\n(Bayes {bayes:.4f})", f"k={k} KL\n(bits)"]
-    n_seeds = len(result["seeds"])
-    body = []
-    for r in rows:
-        name = r["variant"] if len(r["seeds"]) == n_seeds else f"{r['variant']} ({len(r['seeds'])} of {n_seeds})"
-        line = [name, f"{r['steps']['mean']:.0f}" if r["steps"]["mean"] is not None else "-",
-                _pm(r["gap_nats"], _short, spread1), _pm(r["vs_ntp_nats"], signed, spread1),
-                _pm(r["best_r2"], r2), _pm(r["concat_r2"], r2)]
-        for x in r["kstep"]:
-            line += [_pm(x["probe_accuracy"], acc), _pm(x["kl_bits"], _short, spread1)]
-        body.append(line)
-    table = tabulate(body, headers=headers, colalign=("left",) + ("right",) * (len(headers) - 1))
-    budget = result.get("budget") or {}
-    per_run = (f"{budget['time']:g} s" if "time" in budget else f"{budget['steps']} steps") if budget else "?"
-    head = (f"{result['process']}: each variant trained {per_run} per run, mean ± spread (standard deviation) "
-            f"over {len(result['seeds'])} seeds.\nloss gap: mean next-token loss minus the Bayes floor. vs NTP: that gap minus the NTP "
-            f"gap of the same architecture and seed\n(for a myopia row, the myopia gap). belief R^2: affine probe "
-            f"to the exact belief, held-out. k-step: logistic probe\nfrom the final layer to token t+k, and KL(P* "
-            f"|| the model fed its own predictions). No random-init control here (`tinyseq probe` has it).")
-    return f"{head}\n{table}"
+    many = len(results) > 1
+    horizon = max(res["horizon"] for res in results)
+    main, r2, acc, kl = [], [], [], []
+    for res in results:
+        lead = [res["process"].split(":")[0]] if many else []
+        for name, r in zip(_row_names(res), res["rows"]):
+            main.append(lead + [name, f"{r['steps']['mean']:.0f}" if r["steps"]["mean"] is not None else "-",
+                                _pm(r["gap_nats"], _short, _spread), _pm(r["vs_ntp_nats"], _signed, _spread)])
+            r2.append(lead + [name, _pm(r["best_r2"], lambda x: f"{x:.3f}"), _pm(r["concat_r2"], lambda x: f"{x:.3f}")])
+            acc.append(lead + [name] + _padded([_pm(x["probe_accuracy"], lambda v: f"{v:.4f}") for x in r["kstep"]],
+                                              horizon))
+            kl.append(lead + [name] + _padded([_pm(x["kl_bits"], _short, _spread) for x in r["kstep"]], horizon))
+        acc.append(lead + ["(Bayes)"] + _padded([f"{b:.4f}" for b in _bayes_row(res)], horizon))
+    first = ["process"] if many else []
+    ks = [f"k={k}" for k in range(1, horizon + 1)]
+    cols = lambda n: ("left",) * len(first) + ("left",) + ("right",) * n      # noqa: E731
+    return "\n".join([
+        wrap(f"{_budget_text(results)}, mean ± spread (standard deviation) over {len(results[0]['seeds'])} seeds. "
+             f"loss gap: mean next-token loss minus the Bayes floor. vs NTP: that gap minus the NTP gap of the same "
+             f"architecture and seed (for a myopia row, the myopia gap)."),
+        fitted_table(main, first + ["variant", "steps", "loss gap (nats)", "vs NTP (nats)"], cols(3)), "",
+        wrap("belief R^2: affine probe to the exact belief, held-out, from the best hook and from all hooks "
+             "concatenated. No random-init control here (`tinyseq probe` has it)."),
+        fitted_table(r2, first + ["variant", "R^2 best hook", "R^2 concat"], cols(2)), "",
+        wrap("k-step probe accuracy: a logistic probe from the final layer to token t+k, expected accuracy under the "
+             "exact k-step distribution; the (Bayes) row is the best any predictor can do."),
+        fitted_table(acc, first + ["variant"] + ks, cols(horizon)), "",
+        wrap("k-step KL (bits): KL(P* || the model fed its own predictions), the chained next-token function."),
+        fitted_table(kl, first + ["variant"] + ks, cols(horizon))])
+
+
+def _row_names(result) -> list[str]:  # variant names, marked where not every seed finished
+    n = len(result["seeds"])
+    return [r["variant"] if len(r["seeds"]) == n else f"{r['variant']} ({len(r['seeds'])} of {n})"
+            for r in result["rows"]]
+
+
+def _bayes_row(result) -> list[float]:
+    done = [r for r in result["rows"] if r["seeds"]]
+    return [next((x["bayes_accuracy"]["mean"] for r in done for x in r["kstep"] if x["k"] == k), float("nan"))
+            for k in range(1, result["horizon"] + 1)]
+
+
+def _padded(cells, n) -> list[str]:
+    return cells + ["-"] * (n - len(cells))
+
+
+def _signed(x) -> str:
+    return ("+" if x > 0 else "") + _short(x)
+
+
+def _spread(x) -> str:
+    return _short(x, 1)
+
+
+def _budget_text(results) -> str:  # "mess3: each variant trained 300 steps per run", one clause per process
+    def per_run(res):
+        b = res.get("budget") or {}
+        return (f"{b['time']:g} s" if "time" in b else f"{b['steps']} steps") if b else "?"
+    return "; ".join(f"{res['process']}: each variant trained {per_run(res)} per run" for res in results)
 
 
 def budget_is_time(result: dict) -> bool:

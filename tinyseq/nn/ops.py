@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from tinyseq.errors import TinyseqError
+
 
 # ----------------------------------------------------------------------------------------------------------
 # token embedding: a row lookup
@@ -64,21 +66,42 @@ def log_softmax(z, dtype=None):  # (..., V) -> (..., V) log-probabilities, exact
 
 
 # ----------------------------------------------------------------------------------------------------------
-# softmax cross-entropy, mean over all B*T tokens, in nats; backward fused with the softmax
-def cross_entropy_forward(logits, targets):  # (B, T, V), (B, T) int -> loss scalar, probs (B, T, V)
+# softmax cross-entropy, mean over all B*T tokens, in nats; backward fused with the softmax.
+# weights (B, T), optional: a weighted mean sum_n w_n CE_n / sum_n w_n instead (a loss mask: w = 1 on the
+# tokens that count, 0 elsewhere, e.g. the path tokens of tinyseq/pathstar.py). None is the plain mean.
+def cross_entropy_forward(logits, targets, weights=None):  # (B, T, V), (B, T) int, (B, T) -> loss, probs (B, T, V)
     logp = log_softmax(logits)                                            # (B, T, V)
-    loss = -np.take_along_axis(logp, targets[..., None], axis=-1).mean()
+    logp_target = np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]   # (B, T)
+    if weights is None:
+        loss = -logp_target.mean()
+    else:
+        loss = -(weights * logp_target).sum() / check_loss_weights(weights, targets)
     return loss, np.exp(logp)
 
 
-def cross_entropy_backward(probs, targets, scale=None):  # (B, T, V), (B, T) -> dlogits (B, T, V)
+def cross_entropy_backward(probs, targets, scale=None, weights=None):  # (B, T, V), (B, T), _, (B, T) -> dlogits
     # forward was: loss = mean_n -log softmax(logits_n)[target_n]
     #   ->  dlogits_n = (softmax(logits_n) - onehot(target_n)) / N   (softmax and log fused: no Jacobian)
-    N = targets.size
+    # weighted: loss = sum_n w_n CE_n / sum_n w_n  ->  dlogits_n = w_n (softmax_n - onehot_n) / sum_n w_n
+    # (`scale` replaces the 1/N or 1/sum w factor when given)
+    N = targets.size if weights is None else check_loss_weights(weights, targets)
     dlogits = probs.copy()
     np.put_along_axis(dlogits, targets[..., None], np.take_along_axis(probs, targets[..., None], -1) - 1, -1)
+    if weights is not None:
+        dlogits *= weights[..., None]
     dlogits *= (1.0 / N) if scale is None else scale
     return dlogits.astype(probs.dtype, copy=False)
+
+
+def check_loss_weights(weights, targets) -> float:  # (B, T), (B, T) -> sum of the weights (float)
+    """Loss weights must match the targets' shape, be >= 0 and not all 0; returns their sum."""
+    if weights.shape != targets.shape:
+        raise TinyseqError(f"loss weights have shape {weights.shape} but the targets {targets.shape}: "
+                           f"give one weight per target token")
+    total = float(weights.sum())
+    if not total > 0 or weights.min() < 0:
+        raise TinyseqError("loss weights must be >= 0 and not all 0 (all 0: nothing would be learned)")
+    return total
 
 
 # ----------------------------------------------------------------------------------------------------------

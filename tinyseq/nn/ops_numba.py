@@ -27,7 +27,7 @@ import math
 import numpy as np
 from numba import njit
 
-from tinyseq.nn.ops import GELU_CUBIC, GELU_SCALE, LN_EPS
+from tinyseq.nn.ops import GELU_CUBIC, GELU_SCALE, LN_EPS, check_loss_weights
 
 # The fastmath flags the reductions need to vectorise (a sum in strict order cannot use SIMD lanes):
 # reassociation, fused multiply-add, and the harmless sign-of-zero / reciprocal ones. Never "nnan"/"ninf":
@@ -442,9 +442,10 @@ def linear_residual_forward(x, W, b, resid):  # (..., C), (C, D), (D,), (..., D)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# softmax cross-entropy, mean over all tokens; the backward fused with the softmax
+# softmax cross-entropy, mean over all tokens (or weighted by a loss mask: ops.py says how); the backward
+# fused with the softmax. Row weights w arrive as an (N,) array; no weights is w = 1, the plain mean.
 @njit(cache=True, fastmath=FAST)
-def _cross_entropy_forward(probs, logits, targets):  # (N, V) <-, (N, V), (N,) -> sum of -log p(target), float64
+def _cross_entropy_forward(probs, logits, targets, w):  # (N, V) <-, (N, V), (N,), (N,) -> sum of -w log p(target)
     N, V = logits.shape
     total = 0.0                                       # summed in float64: N terms
     for i in range(N):
@@ -459,31 +460,41 @@ def _cross_entropy_forward(probs, logits, targets):  # (N, V) <-, (N, V), (N,) -
             s += e
         for j in range(V):
             probs[i, j] /= s
-        total -= logits[i, targets[i]] - mx - math.log(s)
+        total -= w[i] * (logits[i, targets[i]] - mx - math.log(s))
     return total
 
 
 @njit(cache=True)
-def _cross_entropy_backward(dlogits, probs, targets, scale, one):  # (N, V) <-, (N, V), (N,)
+def _cross_entropy_backward(dlogits, probs, targets, scale, w):  # (N, V) <-, (N, V), (N,), _, (N,)
     N, V = probs.shape
     for i in range(N):
+        row_scale = scale * w[i]
         for j in range(V):
-            dlogits[i, j] = probs[i, j] * scale
-        dlogits[i, targets[i]] -= one * scale       # (softmax - onehot(target)) / N
+            dlogits[i, j] = probs[i, j] * row_scale
+        dlogits[i, targets[i]] -= row_scale         # w_i (softmax - onehot(target)) / N (or / sum w)
 
 
-def cross_entropy_forward(logits, targets):  # (B, T, V), (B, T) int -> loss scalar, probs (B, T, V)
+def _row_weights(weights, targets, dtype):  # (B, T) or None -> (N,) weights, their sum (or N)
+    if weights is None:
+        return np.ones(targets.size, dtype=dtype), targets.size
+    total = check_loss_weights(weights, targets)
+    return np.ascontiguousarray(weights, dtype=dtype).reshape(-1), total
+
+
+def cross_entropy_forward(logits, targets, weights=None):  # (B, T, V), (B, T) int, (B, T) -> loss, probs
     l2 = _rows(logits)
     probs = np.empty_like(l2)
-    total = _cross_entropy_forward(probs, l2, np.ascontiguousarray(targets).reshape(-1))
-    return total / targets.size, probs.reshape(logits.shape)
+    w, total_w = _row_weights(weights, targets, l2.dtype)
+    total = _cross_entropy_forward(probs, l2, np.ascontiguousarray(targets).reshape(-1), w)
+    return total / total_w, probs.reshape(logits.shape)
 
 
-def cross_entropy_backward(probs, targets, scale=None):  # (B, T, V), (B, T) -> dlogits (B, T, V)
+def cross_entropy_backward(probs, targets, scale=None, weights=None):  # (B, T, V), (B, T), _, (B, T) -> dlogits
     # forward was: loss = mean_n -log softmax(logits_n)[target_n]  ->  dlogits_n = (probs_n - onehot_n) / N
     ty = probs.dtype.type
     p2 = _rows(probs)
     dlogits = np.empty_like(p2)
+    w, total_w = _row_weights(weights, targets, p2.dtype)
     _cross_entropy_backward(dlogits, p2, np.ascontiguousarray(targets).reshape(-1),
-                            ty((1.0 / targets.size) if scale is None else scale), ty(1.0))
+                            ty((1.0 / total_w) if scale is None else scale), w)
     return dlogits.reshape(probs.shape)
