@@ -381,7 +381,7 @@ def plan_probe(features, spec: PathStar, graphs: Graphs, frac_fit: float = 0.5, 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the model and the schedule for path-star (PATHSTAR_NOTES.md has the measurements behind them)
+# the model and the schedule for path-star (examples/pathstar_notes.md has the measurements behind them)
 #
 # Every path step is a lookup "find the edge whose child is x, copy its parent": a circuit of two attention
 # layers. Before it forms, the loss sits on a plateau (lookup steps right about 1 time in 5, exact match ~0),
