@@ -1,10 +1,11 @@
-"""Bad input everywhere, nothing lost, same bytes twice (issue #7, items 1-3), through the real command line.
+"""Bad input everywhere, nothing lost, same bytes twice (issue #7, items 1-3), through the command line.
 
-Every bad-input case runs `python cli.py ...` in a subprocess and must end with exit code 2, exactly one line
-on stderr starting with "tinyseq", no traceback, nothing on stdout, and every file that existed before
-(a `keep.txt` with known bytes in the case's directory, the run directories it points at, the shared
-checkpoints) byte-identical afterwards. The cases run two at a time (a module fixture) so the battery costs
-about a minute on 2 cores; each one is still its own test.
+Every bad-input case runs `tinyseq ...` and must end with exit code 2, exactly one line on stderr starting
+with "tinyseq", no traceback, nothing on stdout, and every file that existed before (a `keep.txt` with known
+bytes in the case's directory, the run directories it points at, the shared checkpoints) byte-identical
+afterwards. The whole battery runs in this process through click's runner (conftest.cli_in_process: a
+subprocess per case cost about 3 minutes of Numba imports); a sample of every kind of refusal also runs as a
+real `python cli.py` process, where the interpreter itself would print a traceback.
 
 Then: Ctrl-C during `train` / `demo` saves, prints how to continue and exits 130, and the resumed run ends
 with the same tensors as an uninterrupted one; the same command twice gives the same bytes.
@@ -31,13 +32,14 @@ from tinyseq.checkpoint import CONFIG_KEY, save
 from tinyseq.models import build_model
 from tinyseq.train import TrainConfig, train
 
+from conftest import cli_in_process
 from test_cli import ROOT, assert_one_line_error, run_cli
 
 TINY = {"d_model": 8, "n_layers": 1, "n_heads": 1, "d_head": 4, "d_mlp": 16, "n_ctx": 5}
 TINY_FLAGS = ["--d-model", "8", "--n-layers", "1", "--n-heads", "1", "--d-head", "4", "--d-mlp", "16",
               "--n-ctx", "5"]
 KEEP = b"known bytes \x00\x01 that no failed command may touch\n"
-HAS_COMPARE = "compare" in run_cli("--help").stdout
+HAS_COMPARE = "compare" in cli_in_process(["--help"]).stdout
 
 
 def _tree(folder):
@@ -191,7 +193,8 @@ CASES = [
     ("show-empty-spec", ["process", "show", ""], None),
     ("show-depth-0", ["process", "show", "mess3", "--depth", "0"], "depth"),
     ("show-depth-negative", ["process", "show", "mess3", "--depth", "-3"], "depth"),
-    ("show-depth-huge", ["process", "show", "mess3", "--depth", "100000"], None),
+    ("show-depth-huge", ["process", "show", "mess3", "--depth", "100000"], "too large"),  # 5 s: the MSP grows
+                                                                                       # to the level limit
     ("show-horizon-0", ["process", "show", "mess3", "--horizon", "0"], "horizon"),
     ("show-horizon-huge", ["process", "show", "mess3", "--horizon", "1000000"], None),
     ("show-context-negative", ["process", "show", "mess3", "--context", "-1"], "context"),
@@ -366,10 +369,25 @@ if HAS_COMPARE:
 LOCKED_CASES = {"train-out-unwritable"}
 
 
+# a sample of every kind of refusal that also runs as a real process: a click usage error, a TinyseqError from
+# parsing, from a size check, from a corrupted checkpoint, from a resume conflict, from demo, an unknown command
+REAL_PROCESS_CASES = ["show-depth-text", "show-param-text", "train-batch-huge", "probe-truncated",
+                      "resume-other-lr", "demo-n-ctx-1", "unknown-command"]
 CASE_TIMEOUT = 60       # a bad input is refused in a second or two; more means it started real work
 
 
-def _run_case(files, case_dir, args):
+def in_subprocess(argv, cwd):
+    """`python cli.py ARGV` as a real process."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    try:
+        return subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), *argv], capture_output=True,
+                              text=True, cwd=cwd, env=env, timeout=CASE_TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        return subprocess.CompletedProcess(argv, "timeout", e.stdout or "", f"timed out after {CASE_TIMEOUT} s")
+
+
+def _run_case(files, case_dir, args, runner):
+    """Build the case's directory, run it with runner(argv, cwd): (argv, result, files before, after)."""
     os.makedirs(case_dir)
     out = os.path.join(case_dir, "out")
     os.makedirs(out)
@@ -383,25 +401,23 @@ def _run_case(files, case_dir, args):
     values = {**files, "out": out, "run": run, "locked": locked}
     argv = [a.format(**values) for a in args]
     before = _tree(case_dir)
-    t0 = time.perf_counter()
-    env = dict(os.environ, PYTHONPATH=ROOT)
     try:
-        r = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), *argv], capture_output=True, text=True,
-                           cwd=case_dir, env=env, timeout=CASE_TIMEOUT)
-    except subprocess.TimeoutExpired as e:
-        r = subprocess.CompletedProcess(argv, "timeout", e.stdout or "", f"timed out after {CASE_TIMEOUT} s")
-    seconds = time.perf_counter() - t0
-    after = _tree(case_dir)
-    os.chmod(locked, 0o700)
-    return argv, r, before, after, seconds
+        r = runner(argv, case_dir)
+    finally:
+        os.chmod(locked, 0o700)
+    return argv, r, before, _tree(case_dir)
 
 
-def run_cases(files, root, cases=CASES):
-    """{case id: (argv, CompletedProcess, files before, files after, seconds)}, two subprocesses at a time."""
+def run_cases(files, root):
+    """{case id: (argv, result, files before, files after)}: every case in this process, then the
+    REAL_PROCESS_CASES as subprocesses two at a time (under "real:" + case id)."""
     shared_before = _tree(files["art"])
-    with concurrent.futures.ThreadPoolExecutor(max_workers=int(os.environ.get("ROB_WORKERS", 2))) as pool:
-        futures = {cid: pool.submit(_run_case, files, os.path.join(root, cid), args) for cid, args, _ in CASES}
-        out = {cid: fut.result() for cid, fut in futures.items()}
+    out = {cid: _run_case(files, os.path.join(root, cid), args, cli_in_process) for cid, args, _ in CASES}
+    real = [(cid, args) for cid, args, _ in CASES if cid in REAL_PROCESS_CASES]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {cid: pool.submit(_run_case, files, os.path.join(root, "real", cid), args, in_subprocess)
+                   for cid, args in real}
+        out.update({"real:" + cid: fut.result() for cid, fut in futures.items()})
     out["__shared__"] = (shared_before, _tree(files["art"]))
     return out
 
@@ -412,13 +428,23 @@ def results(files, tmp_path_factory):
     return run_cases(files, str(tmp_path_factory.mktemp("cases")))
 
 
-@pytest.mark.parametrize("case_id, args, needle", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(results, case_id, args, needle):
-    argv, r, before, after, seconds = results[case_id]
+def _check_case(result, case_id, needle):
+    argv, r, before, after = result
     if case_id in LOCKED_CASES and os.geteuid() == 0:
         pytest.skip("running as root: a chmod 500 directory is writable anyway")
     assert_one_line_error(r, needle)
     assert after == before, f"{argv}: files changed: {set(before.items()) ^ set(after.items())}"
+
+
+@pytest.mark.parametrize("case_id, args, needle", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(results, case_id, args, needle):
+    _check_case(results[case_id], case_id, needle)
+
+
+@pytest.mark.parametrize("case_id", REAL_PROCESS_CASES)
+def test_bad_input_in_a_real_process(results, case_id):
+    needle = {cid: n for cid, _, n in CASES}[case_id]
+    _check_case(results["real:" + case_id], case_id, needle)
 
 
 def test_shared_files_untouched(results):
