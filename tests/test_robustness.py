@@ -193,8 +193,7 @@ CASES = [
     ("show-empty-spec", ["process", "show", ""], None),
     ("show-depth-0", ["process", "show", "mess3", "--depth", "0"], "depth"),
     ("show-depth-negative", ["process", "show", "mess3", "--depth", "-3"], "depth"),
-    ("show-depth-huge", ["process", "show", "mess3", "--depth", "100000"], "too large"),  # 5 s: the MSP grows
-                                                                                       # to the level limit
+    ("show-depth-huge", ["process", "show", "mess3", "--depth", "100000"], "too large"),   # 5 s of MSP levels
     ("show-horizon-0", ["process", "show", "mess3", "--horizon", "0"], "horizon"),
     ("show-horizon-huge", ["process", "show", "mess3", "--horizon", "1000000"], None),
     ("show-context-negative", ["process", "show", "mess3", "--context", "-1"], "context"),
