@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 
@@ -33,7 +34,7 @@ from tinyseq.models import build_model
 from tinyseq.train import TrainConfig, train
 
 from conftest import cli_in_process
-from test_cli import ROOT, assert_one_line_error, run_cli
+from test_cli import ROOT, assert_one_line_error
 
 TINY = {"d_model": 8, "n_layers": 1, "n_heads": 1, "d_head": 4, "d_mlp": 16, "n_ctx": 5}
 TINY_FLAGS = ["--d-model", "8", "--n-layers", "1", "--n-heads", "1", "--d-head", "4", "--d-mlp", "16",
@@ -479,17 +480,32 @@ def _same_run(a, b):
     assert _meta_without_clock(a) == _meta_without_clock(b)
 
 
-def _interrupt(args, cwd, ready, after=60, timeout=120):
-    """Start `cli.py args`, send SIGINT once ready() is true (or after `after` s), return (rc, stdout, stderr)."""
+def _start(args, cwd):
+    """Start `python cli.py ARGS` in the background, stdout and stderr going to files in cwd: (process, paths)."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "cli.py"), *args], cwd=cwd, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    paths = tempfile.mkstemp(dir=cwd, suffix=".out")[1], tempfile.mkstemp(dir=cwd, suffix=".err")[1]
+    with open(paths[0], "w") as out, open(paths[1], "w") as err:
+        p = subprocess.Popen([sys.executable, os.path.join(ROOT, "cli.py"), *args], cwd=cwd, env=env,
+                             stdout=out, stderr=err, text=True)
+    return p, paths
+
+
+def _finish(p, paths, timeout=300):
+    """Wait for a _start-ed process: CompletedProcess(args, returncode, stdout, stderr)."""
+    p.wait(timeout=timeout)
+    out, err = (open(path).read() for path in paths)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def _interrupt(args, cwd, ready, after=60, timeout=120):
+    """Start `cli.py args`, send SIGINT once ready(stderr so far) is true (or after `after` s), return the
+    CompletedProcess."""
+    p, paths = _start(args, cwd)
     t0 = time.perf_counter()
-    while not ready() and time.perf_counter() - t0 < after and p.poll() is None:
+    while not ready(open(paths[1]).read()) and time.perf_counter() - t0 < after and p.poll() is None:
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=timeout)
-    return p.returncode, out, err
+    return _finish(p, paths, timeout)
 
 
 RUN = ["--process", "mess3", *TINY_FLAGS, "--batch", "16", "--steps", "1500", "--eval-every", "500",
@@ -497,49 +513,64 @@ RUN = ["--process", "mess3", *TINY_FLAGS, "--batch", "16", "--steps", "1500", "-
 
 
 def test_train_interrupt_and_resume_ends_like_an_uninterrupted_run(tmp_path):
+    """Interrupted in a real process (a real SIGINT); the resume and the uninterrupted run run in this one."""
     stopped, straight = str(tmp_path / "stopped"), str(tmp_path / "straight")
     ckpt = os.path.join(stopped, "model.npz")
-    rc, out, err = _interrupt(["train", *RUN, "--out", stopped], str(tmp_path), lambda: os.path.exists(ckpt))
-    assert rc == 130, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("tinyseq: interrupted") and f"tinyseq train --resume {stopped}" in last, err
-    assert "Traceback" not in err
+    r = _interrupt(["train", *RUN, "--out", stopped], str(tmp_path), lambda err: os.path.exists(ckpt))
+    assert r.returncode == 130, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("tinyseq: interrupted") and f"tinyseq train --resume {stopped}" in last, r.stderr
+    assert "Traceback" not in r.stderr
     model = tinyseq.load(ckpt)                                    # a valid checkpoint, mid-run
     steps = json.loads(str(np.load(ckpt)["__meta__"]))["state"]["step"]
     assert 0 < steps < 1500, steps
     assert model.params.data.size > 0
 
-    r = run_cli("train", "--resume", stopped, cwd=str(tmp_path))
+    r = cli_in_process(["train", "--resume", stopped], cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
-    r = run_cli("train", *RUN, "--out", straight, cwd=str(tmp_path))
+    r = cli_in_process(["train", *RUN, "--out", straight], cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     _same_run(ckpt, os.path.join(straight, "model.npz"))
     # and a finished run refuses a second --resume, leaving its files as they were
     before = _tree(stopped)
-    assert_one_line_error(run_cli("train", "--resume", stopped, cwd=str(tmp_path)), "finished")
+    assert_one_line_error(cli_in_process(["train", "--resume", stopped], cwd=str(tmp_path)), "finished")
     assert _tree(stopped) == before
 
 
 def test_demo_interrupt_saves_and_says_how_to_continue(tmp_path):
     out = str(tmp_path / "demo")
     ckpt = os.path.join(out, "model.npz")
-    rc, stdout, err = _interrupt(["demo", *TINY_FLAGS, "--time", "60", "--out", out, "--seed", "1"],
-                                 str(tmp_path), lambda: False, after=6)   # training has started by then
-    assert rc == 130, err
-    last = err.strip().splitlines()[-1]
-    assert "Traceback" not in err
-    assert last.startswith("tinyseq: interrupted") and f"tinyseq train --resume {out}" in last, err
+    started = []
+
+    def training(err):       # SIGINT 1 s after the "training a ..." line: inside the training loop by then
+        if "training a " in err and not started:
+            started.append(time.perf_counter())
+        return bool(started) and time.perf_counter() - started[0] > 1.0
+    r = _interrupt(["demo", *TINY_FLAGS, "--time", "60", "--out", out, "--seed", "1"], str(tmp_path), training,
+                   after=30)
+    assert r.returncode == 130, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in r.stderr
+    assert last.startswith("tinyseq: interrupted") and f"tinyseq train --resume {out}" in last, r.stderr
     assert f"tinyseq probe {out}" in last
     tinyseq.load(ckpt)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # determinism: the same command, seed and thread count give the same bytes and the same numbers
+def _twice(args_a, args_b, cwd):
+    """The same command twice, at the same time: args_a in a fresh process, args_b in this one (so a result that
+    depends on the process, e.g. on hash randomisation or on what ran before, shows up)."""
+    p, paths = _start(args_a, cwd)
+    rb = cli_in_process(args_b, cwd=cwd)
+    return _finish(p, paths), rb
+
+
 def test_train_twice_gives_identical_checkpoints_and_summaries(tmp_path):
     args = ["--process", "mess3", *TINY_FLAGS, "--batch", "16", "--steps", "60", "--eval-every", "30",
             "--threads", "1", "--seed", "5", "--json"]
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    ra, rb = run_cli("train", *args, "--out", a), run_cli("train", *args, "--out", b)
+    ra, rb = _twice(["train", *args, "--out", a], ["train", *args, "--out", b], str(tmp_path))
     assert ra.returncode == 0 and rb.returncode == 0, (ra.stderr, rb.stderr)
     _same_run(os.path.join(a, "model.npz"), os.path.join(b, "model.npz"))
     clock = ("seconds", "tokens_per_s", "checkpoint")
@@ -551,19 +582,20 @@ def test_train_twice_gives_identical_file_bytes(tmp_path):
     """Same command, seed and threads: the same checkpoint file, byte for byte (a --steps run stores no clock)."""
     args = ["--process", "mess3", *TINY_FLAGS, "--batch", "8", "--steps", "5", "--threads", "1", "--seed", "5"]
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    assert run_cli("train", *args, "--out", a).returncode == 0
-    assert run_cli("train", *args, "--out", b).returncode == 0
+    ra, rb = _twice(["train", *args, "--out", a], ["train", *args, "--out", b], str(tmp_path))
+    assert ra.returncode == 0 and rb.returncode == 0, (ra.stderr, rb.stderr)
     assert open(os.path.join(a, "model.npz"), "rb").read() == open(os.path.join(b, "model.npz"), "rb").read()
 
 
-def test_probe_json_twice_is_identical_but_for_timings(files):
+def test_probe_json_twice_is_identical_but_for_timings(files, tmp_path):
     def strip(d):
         if isinstance(d, dict):
             return {k: strip(v) for k, v in d.items() if "timing" not in k and "seconds" not in k}
         if isinstance(d, list):
             return [strip(v) for v in d]
         return d
-    runs = [run_cli("probe", files["ck3"], "--json", "--threads", "1") for _ in range(2)]
-    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    args = ["probe", files["ck3"], "--json", "--threads", "1"]
+    runs = _twice(args, args, str(tmp_path))
+    assert all(r.returncode == 0 for r in runs), (runs[0].stderr, runs[1].stderr)
     a, b = (strip(json.loads(r.stdout)) for r in runs)
     assert a == b
