@@ -4,7 +4,7 @@ import json
 from conftest import cli_in_process
 
 
-def test_bench_quick_json():
+def test_bench_quick_json(compile_probe_once):
     res = cli_in_process(["bench", "--quick", "--json", "--models", "tiny", "--batches", "4", "--threads", "1"])
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)

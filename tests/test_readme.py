@@ -22,11 +22,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 OPTIONAL = ("torch", "transformer_lens", "matplotlib", "distributed")
 
-# command -> extra arguments that shorten its budget (appended; click takes the last value of an option)
+# command -> extra arguments that shorten its budget and keep it on one thread (appended; click takes the last
+# value of an option). One thread: the default, every core, makes BLAS spin against the other tests' processes
+# on a shared machine (measured at load 8: the README's rrxor compare took 166 s on every core, 56 s on one);
+# the code path is the same.
 SHORTEN = {
-    "demo": ["--time", "3"],
-    "train": [],                      # a README train command carries its own budget (checked below)
-    "compare": ["--steps-per-run", "60", "--seeds", "1", "--workers", "1"],   # steps: immune to machine load
+    "demo": ["--time", "1", "--threads", "1"],
+    "train": ["--threads", "1"],      # a README train command carries its own budget (checked below)
+    "probe": ["--threads", "1"],
+    # compare: a steps budget, immune to machine load
+    "compare": ["--steps-per-run", "60", "--seeds", "1", "--workers", "1", "--threads-per-run", "1"],
     "bench": ["--quick", "--no-torch", "--models", "small", "--batches", "8", "--threads", "1"],
 }
 
@@ -55,7 +60,7 @@ def shortened(argv):
     extra = list(SHORTEN.get(cmd, []))
     if cmd == "train" and "--time" in argv:
         argv = list(argv)
-        argv[argv.index("--time") + 1] = "3"
+        argv[argv.index("--time") + 1] = "1"
     elif cmd == "train" and not any(a in argv for a in ("--steps", "--tokens")):
         extra += ["--steps", "30"]
     if cmd == "compare" and "--grid" not in argv:
@@ -86,7 +91,7 @@ def test_readme_has_the_two_commands_first():
     assert install in ci                                            # ... after exactly its install
 
 
-def test_readme_commands_run(scratch):
+def test_readme_commands_run(scratch, compile_probe_once):
     """The first command runs as a real process, as typed in a shell; the others run in this process (a Python
     start and Numba load per command would cost more than most of the commands themselves)."""
     env = dict(os.environ, PYTHONPATH=ROOT, TINYSEQ_EXAMPLE_SECONDS="2")

@@ -369,10 +369,10 @@ if HAS_COMPARE:
 LOCKED_CASES = {"train-out-unwritable"}
 
 
-# a sample of every kind of refusal that also runs as a real process: a click usage error, a TinyseqError from
-# parsing, from a size check, from a corrupted checkpoint, from a resume conflict, from demo, an unknown command
+# a sample of every kind of refusal that also runs as a real process: a click usage error, and a TinyseqError
+# from parsing, from a size check, from a corrupted checkpoint and from a resume conflict
 REAL_PROCESS_CASES = ["show-depth-text", "show-param-text", "train-batch-huge", "probe-truncated",
-                      "resume-other-lr", "demo-n-ctx-1", "unknown-command"]
+                      "resume-other-lr"]
 CASE_TIMEOUT = 60       # a bad input is refused in a second or two; more means it started real work
 
 
