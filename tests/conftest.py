@@ -28,9 +28,10 @@ class CliResult(NamedTuple):
 def cli_in_process(args, cwd=None) -> CliResult:
     """Run `tinyseq ARGS` inside this process through click's CliRunner, as a real process would end:
     the exit code of sys.exit (1 and the traceback on stderr for an uncaught exception), stdout, and stderr
-    including every warning a real process would print there. About 1000x cheaper than a subprocess
-    (no interpreter start, no Numba import or JIT-cache load); what only a real process can show (signals,
-    the interpreter's own traceback printing, the console script) is tested with subprocesses elsewhere."""
+    including every warning a real process would print there. A refusal takes milliseconds here; a subprocess
+    first spends 0.7-3 s of CPU starting Python and importing NumPy and Numba. What only a real process can
+    show (signals, the interpreter's own traceback printing, the shell's exit code) is tested with
+    subprocesses in test_robustness.py."""
     import cli
     from click.testing import CliRunner
 
