@@ -409,14 +409,15 @@ def _run_case(files, case_dir, args, runner):
 
 
 def run_cases(files, root):
-    """{case id: (argv, result, files before, files after)}: every case in this process, then the
-    REAL_PROCESS_CASES as subprocesses two at a time (under "real:" + case id)."""
+    """{case id: (argv, result, files before, files after)}: every case in this process while the
+    REAL_PROCESS_CASES run as subprocesses beside it, one at a time (under "real:" + case id; every path
+    is absolute, so the in-process cases' chdir does not reach them)."""
     shared_before = _tree(files["art"])
-    out = {cid: _run_case(files, os.path.join(root, cid), args, cli_in_process) for cid, args, _ in CASES}
     real = [(cid, args) for cid, args, _ in CASES if cid in REAL_PROCESS_CASES]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         futures = {cid: pool.submit(_run_case, files, os.path.join(root, "real", cid), args, in_subprocess)
                    for cid, args in real}
+        out = {cid: _run_case(files, os.path.join(root, cid), args, cli_in_process) for cid, args, _ in CASES}
         out.update({"real:" + cid: fut.result() for cid, fut in futures.items()})
     out["__shared__"] = (shared_before, _tree(files["art"]))
     return out
