@@ -1,17 +1,11 @@
 """`tinyseq bench --quick` runs end to end and prints JSON of the documented shape (no timing assertions)."""
 import json
-import os
-import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import cli_in_process
 
 
-def test_bench_quick_json():
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "bench", "--quick", "--json",
-                          "--models", "tiny", "--batches", "4", "--threads", "1"],
-                         capture_output=True, text=True, env=env, timeout=600)
+def test_bench_quick_json(compile_probe_once):
+    res = cli_in_process(["bench", "--quick", "--json", "--models", "tiny", "--batches", "4", "--threads", "1"])
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert set(out) >= {"machine", "protocol", "rows", "compile_seconds", "sampling"}
@@ -35,8 +29,7 @@ def test_bench_quick_json():
 
 
 def test_bench_bad_option():
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "bench", "--models", "nope"],
-                         capture_output=True, text=True, timeout=120)
+    res = cli_in_process(["bench", "--models", "nope"])
     assert res.returncode == 2 and "unknown bench model" in res.stderr and "Traceback" not in res.stderr
 
 

@@ -1,24 +1,16 @@
 """`tinyseq probe` and `tinyseq demo` as a user runs them: tables, JSON with the promised keys, one-line errors."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 import tinyseq
+from conftest import cli_in_process
 from tinyseq.checkpoint import save
 from tinyseq.models import build_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"d_model": 8, "n_layers": 1, "n_heads": 1, "d_head": 4, "d_mlp": 16, "n_ctx": 5}
 TINY_FLAGS = ["--d-model", "8", "--n-layers", "1", "--n-heads", "1", "--d-head", "4", "--d-mlp", "16", "--n-ctx", "5"]
-
-
-def run_cli(*args, cwd=ROOT):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +36,12 @@ def check_json(d):
 
 
 def test_probe_prints_tables_and_json(checkpoint):
-    r = run_cli("probe", checkpoint)
+    r = cli_in_process(["probe", checkpoint])
     assert r.returncode == 0, r.stderr
     for needle in ("Evaluation set: all 243 possible sequences", "Bayes floor", "R^2 init",
                    "shuffled labels", "chained", "route", "true beliefs", "protocol:"):
         assert needle in r.stdout, needle
-    r = run_cli("probe", os.path.dirname(checkpoint), "--json", "--horizon", "4")
+    r = cli_in_process(["probe", os.path.dirname(checkpoint), "--json", "--horizon", "4"])
     assert r.returncode == 0, r.stderr
     check_json(json.loads(r.stdout))
 
@@ -59,7 +51,7 @@ def test_probe_prints_tables_and_json(checkpoint):
     (["--horizon", "5"], "horizon"),
 ])
 def test_probe_bad_input_is_one_line(checkpoint, args, needle):
-    r = run_cli("probe", checkpoint, *args)
+    r = cli_in_process(["probe", checkpoint, *args])
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
@@ -67,13 +59,13 @@ def test_probe_bad_input_is_one_line(checkpoint, args, needle):
 
 def test_demo_smoke(tmp_path):
     out = str(tmp_path / "demo")
-    r = run_cli("demo", "--time", "2", *TINY_FLAGS, "--out", out)
+    r = cli_in_process(["demo", "--time", "2", *TINY_FLAGS, "--out", out])
     assert r.returncode == 0, r.stderr
     for needle in ("3 hidden states", "Trained", "Bayes floor", "chained", "true beliefs"):
         assert needle in r.stdout, needle
     path = os.path.join(out, "model.npz")
     assert f"checkpoint: {path}" in r.stdout and os.path.isfile(path)
-    r = run_cli("probe", path, "--json")
+    r = cli_in_process(["probe", path, "--json"])
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     check_json(d)

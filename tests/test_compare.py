@@ -4,6 +4,7 @@ import os
 import pytest
 
 import tinyseq
+from conftest import cli_in_process
 from tinyseq.lab import compare as C
 from tinyseq.errors import TinyseqError
 
@@ -114,14 +115,10 @@ def test_dask_cluster(tmp_path):
     (["--seeds", "0"], "--seeds"),
     (["--time-per-run", "-1"], "--time-per-run"),
     (["--steps-per-run", "0"], "--steps-per-run")])
-def test_cli_errors_are_one_line(args, needle, tmp_path, capsys):
-    import cli
-
-    with pytest.raises(SystemExit) as e:
-        cli.main(["compare", "--out", str(tmp_path / "x"), *args])
-    err = capsys.readouterr()
-    assert e.value.code == 2 and err.out == ""
-    lines = err.err.strip().splitlines()
+def test_cli_errors_are_one_line(args, needle, tmp_path):
+    r = cli_in_process(["compare", "--out", str(tmp_path / "x"), *args])
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("tinyseq")
 
 

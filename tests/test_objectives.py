@@ -370,21 +370,21 @@ def test_objective_from_defaults():
 
 # ----------------------------------------------------------------------------------------------------------
 # the train command and checkpoints
-from test_train import run_cli  # noqa: E402  (cli.main in-process, exit code and captured output)
+from conftest import cli_in_process  # noqa: E402  (cli.main in-process: exit code, stdout, stderr)
 
 
 FLAGS = ["--n-ctx", "4", "--batch", "16", "--eval-sequences", "64", "--warmup", "2", "--eval-every", "0"]
 
 
 @pytest.mark.parametrize("kind, head", [("transformer", "mtp.2.W_U"), ("lstm", "mtp.2.weight")])
-def test_cli_mtp_myopia_checkpoint_load_and_resume(tmp_path, capsys, kind, head):
+def test_cli_mtp_myopia_checkpoint_load_and_resume(tmp_path, kind, head):
     import tinyseq
 
     out = str(tmp_path / "run")
     extra = ["--d-model", "8", "--d-head", "4", "--d-mlp", "16"] if kind == "transformer" else ["--hidden", "8"]
-    code, stdout, err = run_cli(["train", "--process", "mess3", "--model", kind, "--out", out, "--steps", "4",
-                                 "--objective", "mtp:2", "--mtp-weights", "1,0.5", "--myopia", "1",
-                                 "--checkpoint-every", "2", "--json", *FLAGS, *extra], capsys)
+    code, stdout, err = cli_in_process(["train", "--process", "mess3", "--model", kind, "--out", out, "--steps",
+                                        "4", "--objective", "mtp:2", "--mtp-weights", "1,0.5", "--myopia", "1",
+                                        "--checkpoint-every", "2", "--json", *FLAGS, *extra])
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["objective"] == {"objective": "mtp:2", "heads": 2, "weights": [1.0, 0.5], "myopia": 1}
@@ -401,10 +401,10 @@ def test_cli_mtp_myopia_checkpoint_load_and_resume(tmp_path, capsys, kind, head)
     np.testing.assert_array_equal(ck.tensors[head], model.params[head])
 
 
-def test_cli_bad_objective(tmp_path, capsys):
+def test_cli_bad_objective(tmp_path):
     for args, words in ((["--objective", "mtp:0"], "whole number >= 1"),
                         (["--objective", "mtp:2", "--mtp-weights", "1"], "one weight per head"),
                         (["--myopia", "-2"], ">= 0")):
-        code, _, err = run_cli(["train", "--process", "mess3", "--out", str(tmp_path / "x"), *args], capsys)
+        code, _, err = cli_in_process(["train", "--process", "mess3", "--out", str(tmp_path / "x"), *args])
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
     assert not os.path.exists(tmp_path / "x" / "model.npz")

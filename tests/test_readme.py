@@ -1,7 +1,8 @@
 """Every example in README.md is run, so the README cannot rot.
 
 `bash` blocks: every line that starts with `tinyseq ` or `python examples/` is run, in order, in one scratch
-directory (so a later command finds the run an earlier one wrote). Commands whose point is a long budget get
+directory (so a later command finds the run an earlier one wrote); the first as a real process, the other
+`tinyseq` commands inside this one (conftest.cli_in_process). Commands whose point is a long budget get
 a short one here (the code path is the same; only the numbers differ): see SHORTEN. Lines that install or run
 the test suite (pip, pytest) are CI's own two commands and are not repeated here.
 `python` blocks: run in the same directory after the bash commands, in one namespace, in order; a block that
@@ -15,15 +16,22 @@ import sys
 
 import pytest
 
+from conftest import cli_in_process
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 OPTIONAL = ("torch", "transformer_lens", "matplotlib", "distributed")
 
-# command -> extra arguments that shorten its budget (appended; click takes the last value of an option)
+# command -> extra arguments that shorten its budget and keep it on one thread (appended; click takes the last
+# value of an option). One thread: the default, every core, makes BLAS spin against the other tests' processes
+# on a shared machine (measured at load 8: the README's rrxor compare took 166 s on every core, 56 s on one);
+# the code path is the same.
 SHORTEN = {
-    "demo": ["--time", "3"],
-    "train": [],                      # a README train command carries its own budget (checked below)
-    "compare": ["--steps-per-run", "60", "--seeds", "1", "--workers", "1"],   # steps: immune to machine load
+    "demo": ["--time", "1", "--threads", "1"],
+    "train": ["--threads", "1"],      # a README train command carries its own budget (checked below)
+    "probe": ["--threads", "1"],
+    # compare: a steps budget, immune to machine load
+    "compare": ["--steps-per-run", "60", "--seeds", "1", "--workers", "1", "--threads-per-run", "1"],
     "bench": ["--quick", "--no-torch", "--models", "small", "--batches", "8", "--threads", "1"],
 }
 
@@ -52,7 +60,7 @@ def shortened(argv):
     extra = list(SHORTEN.get(cmd, []))
     if cmd == "train" and "--time" in argv:
         argv = list(argv)
-        argv[argv.index("--time") + 1] = "3"
+        argv[argv.index("--time") + 1] = "1"
     elif cmd == "train" and not any(a in argv for a in ("--steps", "--tokens")):
         extra += ["--steps", "30"]
     if cmd == "compare" and "--grid" not in argv:
@@ -83,17 +91,20 @@ def test_readme_has_the_two_commands_first():
     assert install in ci                                            # ... after exactly its install
 
 
-def test_readme_commands_run(scratch):
+def test_readme_commands_run(scratch, compile_probe_once):
+    """The first command runs as a real process, as typed in a shell; the others run in this process (a Python
+    start and Numba load per command would cost more than most of the commands themselves)."""
     env = dict(os.environ, PYTHONPATH=ROOT, TINYSEQ_EXAMPLE_SECONDS="2")
     cmds = commands()
     assert len(cmds) >= 8
-    for line in cmds:
+    for i, line in enumerate(cmds):
         argv = shortened(shlex.split(line))
-        if argv[0] == "tinyseq":
-            full = [sys.executable, os.path.join(ROOT, "cli.py")] + argv[1:]
+        if argv[0] == "tinyseq" and i > 0:
+            r = cli_in_process(argv[1:], cwd=str(scratch))
         else:
-            full = [sys.executable, os.path.join(ROOT, argv[1])] + argv[2:]
-        r = subprocess.run(full, cwd=scratch, env=env, capture_output=True, text=True, timeout=600)
+            full = ([sys.executable, os.path.join(ROOT, "cli.py")] + argv[1:] if argv[0] == "tinyseq"
+                    else [sys.executable, os.path.join(ROOT, argv[1])] + argv[2:])
+            r = subprocess.run(full, cwd=scratch, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, f"README command failed: {line}\n{r.stderr[-2000:]}"
 
 

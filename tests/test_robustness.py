@@ -1,10 +1,11 @@
-"""Bad input everywhere, nothing lost, same bytes twice (issue #7, items 1-3), through the real command line.
+"""Bad input everywhere, nothing lost, same bytes twice (issue #7, items 1-3), through the command line.
 
-Every bad-input case runs `python cli.py ...` in a subprocess and must end with exit code 2, exactly one line
-on stderr starting with "tinyseq", no traceback, nothing on stdout, and every file that existed before
-(a `keep.txt` with known bytes in the case's directory, the run directories it points at, the shared
-checkpoints) byte-identical afterwards. The cases run two at a time (a module fixture) so the battery costs
-about a minute on 2 cores; each one is still its own test.
+Every bad-input case runs `tinyseq ...` and must end with exit code 2, exactly one line on stderr starting
+with "tinyseq", no traceback, nothing on stdout, and every file that existed before (a `keep.txt` with known
+bytes in the case's directory, the run directories it points at, the shared checkpoints) byte-identical
+afterwards. The whole battery runs in this process through click's runner (conftest.cli_in_process: a
+subprocess per case cost about 3 minutes of Numba imports); a sample of every kind of refusal also runs as a
+real `python cli.py` process, where the interpreter itself would print a traceback.
 
 Then: Ctrl-C during `train` / `demo` saves, prints how to continue and exits 130, and the resumed run ends
 with the same tensors as an uninterrupted one; the same command twice gives the same bytes.
@@ -20,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 
@@ -31,13 +33,14 @@ from tinyseq.checkpoint import CONFIG_KEY, save
 from tinyseq.models import build_model
 from tinyseq.train import TrainConfig, train
 
-from test_cli import ROOT, assert_one_line_error, run_cli
+from conftest import cli_in_process
+from test_cli import ROOT, assert_one_line_error
 
 TINY = {"d_model": 8, "n_layers": 1, "n_heads": 1, "d_head": 4, "d_mlp": 16, "n_ctx": 5}
 TINY_FLAGS = ["--d-model", "8", "--n-layers", "1", "--n-heads", "1", "--d-head", "4", "--d-mlp", "16",
               "--n-ctx", "5"]
 KEEP = b"known bytes \x00\x01 that no failed command may touch\n"
-HAS_COMPARE = "compare" in run_cli("--help").stdout
+HAS_COMPARE = "compare" in cli_in_process(["--help"]).stdout
 
 
 def _tree(folder):
@@ -191,7 +194,7 @@ CASES = [
     ("show-empty-spec", ["process", "show", ""], None),
     ("show-depth-0", ["process", "show", "mess3", "--depth", "0"], "depth"),
     ("show-depth-negative", ["process", "show", "mess3", "--depth", "-3"], "depth"),
-    ("show-depth-huge", ["process", "show", "mess3", "--depth", "100000"], None),
+    ("show-depth-huge", ["process", "show", "mess3", "--depth", "100000"], "too large"),   # 5 s of MSP levels
     ("show-horizon-0", ["process", "show", "mess3", "--horizon", "0"], "horizon"),
     ("show-horizon-huge", ["process", "show", "mess3", "--horizon", "1000000"], None),
     ("show-context-negative", ["process", "show", "mess3", "--context", "-1"], "context"),
@@ -366,10 +369,25 @@ if HAS_COMPARE:
 LOCKED_CASES = {"train-out-unwritable"}
 
 
+# a sample of every kind of refusal that also runs as a real process: a click usage error, and a TinyseqError
+# from parsing, from a size check, from a corrupted checkpoint and from a resume conflict
+REAL_PROCESS_CASES = ["show-depth-text", "show-param-text", "train-batch-huge", "probe-truncated",
+                      "resume-other-lr"]
 CASE_TIMEOUT = 60       # a bad input is refused in a second or two; more means it started real work
 
 
-def _run_case(files, case_dir, args):
+def in_subprocess(argv, cwd):
+    """`python cli.py ARGV` as a real process."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    try:
+        return subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), *argv], capture_output=True,
+                              text=True, cwd=cwd, env=env, timeout=CASE_TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        return subprocess.CompletedProcess(argv, "timeout", e.stdout or "", f"timed out after {CASE_TIMEOUT} s")
+
+
+def _run_case(files, case_dir, args, runner):
+    """Build the case's directory, run it with runner(argv, cwd): (argv, result, files before, after)."""
     os.makedirs(case_dir)
     out = os.path.join(case_dir, "out")
     os.makedirs(out)
@@ -383,25 +401,24 @@ def _run_case(files, case_dir, args):
     values = {**files, "out": out, "run": run, "locked": locked}
     argv = [a.format(**values) for a in args]
     before = _tree(case_dir)
-    t0 = time.perf_counter()
-    env = dict(os.environ, PYTHONPATH=ROOT)
     try:
-        r = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), *argv], capture_output=True, text=True,
-                           cwd=case_dir, env=env, timeout=CASE_TIMEOUT)
-    except subprocess.TimeoutExpired as e:
-        r = subprocess.CompletedProcess(argv, "timeout", e.stdout or "", f"timed out after {CASE_TIMEOUT} s")
-    seconds = time.perf_counter() - t0
-    after = _tree(case_dir)
-    os.chmod(locked, 0o700)
-    return argv, r, before, after, seconds
+        r = runner(argv, case_dir)
+    finally:
+        os.chmod(locked, 0o700)
+    return argv, r, before, _tree(case_dir)
 
 
-def run_cases(files, root, cases=CASES):
-    """{case id: (argv, CompletedProcess, files before, files after, seconds)}, two subprocesses at a time."""
+def run_cases(files, root):
+    """{case id: (argv, result, files before, files after)}: every case in this process while the
+    REAL_PROCESS_CASES run as subprocesses beside it, one at a time (under "real:" + case id; every path
+    is absolute, so the in-process cases' chdir does not reach them)."""
     shared_before = _tree(files["art"])
-    with concurrent.futures.ThreadPoolExecutor(max_workers=int(os.environ.get("ROB_WORKERS", 2))) as pool:
-        futures = {cid: pool.submit(_run_case, files, os.path.join(root, cid), args) for cid, args, _ in CASES}
-        out = {cid: fut.result() for cid, fut in futures.items()}
+    real = [(cid, args) for cid, args, _ in CASES if cid in REAL_PROCESS_CASES]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        futures = {cid: pool.submit(_run_case, files, os.path.join(root, "real", cid), args, in_subprocess)
+                   for cid, args in real}
+        out = {cid: _run_case(files, os.path.join(root, cid), args, cli_in_process) for cid, args, _ in CASES}
+        out.update({"real:" + cid: fut.result() for cid, fut in futures.items()})
     out["__shared__"] = (shared_before, _tree(files["art"]))
     return out
 
@@ -412,13 +429,23 @@ def results(files, tmp_path_factory):
     return run_cases(files, str(tmp_path_factory.mktemp("cases")))
 
 
-@pytest.mark.parametrize("case_id, args, needle", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(results, case_id, args, needle):
-    argv, r, before, after, seconds = results[case_id]
+def _check_case(result, case_id, needle):
+    argv, r, before, after = result
     if case_id in LOCKED_CASES and os.geteuid() == 0:
         pytest.skip("running as root: a chmod 500 directory is writable anyway")
     assert_one_line_error(r, needle)
     assert after == before, f"{argv}: files changed: {set(before.items()) ^ set(after.items())}"
+
+
+@pytest.mark.parametrize("case_id, args, needle", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(results, case_id, args, needle):
+    _check_case(results[case_id], case_id, needle)
+
+
+@pytest.mark.parametrize("case_id", REAL_PROCESS_CASES)
+def test_bad_input_in_a_real_process(results, case_id):
+    needle = {cid: n for cid, _, n in CASES}[case_id]
+    _check_case(results["real:" + case_id], case_id, needle)
 
 
 def test_shared_files_untouched(results):
@@ -454,17 +481,32 @@ def _same_run(a, b):
     assert _meta_without_clock(a) == _meta_without_clock(b)
 
 
-def _interrupt(args, cwd, ready, after=60, timeout=120):
-    """Start `cli.py args`, send SIGINT once ready() is true (or after `after` s), return (rc, stdout, stderr)."""
+def _start(args, cwd):
+    """Start `python cli.py ARGS` in the background, stdout and stderr going to files in cwd: (process, paths)."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "cli.py"), *args], cwd=cwd, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    paths = tempfile.mkstemp(dir=cwd, suffix=".out")[1], tempfile.mkstemp(dir=cwd, suffix=".err")[1]
+    with open(paths[0], "w") as out, open(paths[1], "w") as err:
+        p = subprocess.Popen([sys.executable, os.path.join(ROOT, "cli.py"), *args], cwd=cwd, env=env,
+                             stdout=out, stderr=err, text=True)
+    return p, paths
+
+
+def _finish(p, paths, timeout=300):
+    """Wait for a _start-ed process: CompletedProcess(args, returncode, stdout, stderr)."""
+    p.wait(timeout=timeout)
+    out, err = (open(path).read() for path in paths)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def _interrupt(args, cwd, ready, after=60, timeout=120):
+    """Start `cli.py args`, send SIGINT once ready(stderr so far) is true (or after `after` s), return the
+    CompletedProcess."""
+    p, paths = _start(args, cwd)
     t0 = time.perf_counter()
-    while not ready() and time.perf_counter() - t0 < after and p.poll() is None:
+    while not ready(open(paths[1]).read()) and time.perf_counter() - t0 < after and p.poll() is None:
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=timeout)
-    return p.returncode, out, err
+    return _finish(p, paths, timeout)
 
 
 RUN = ["--process", "mess3", *TINY_FLAGS, "--batch", "16", "--steps", "1500", "--eval-every", "500",
@@ -472,49 +514,64 @@ RUN = ["--process", "mess3", *TINY_FLAGS, "--batch", "16", "--steps", "1500", "-
 
 
 def test_train_interrupt_and_resume_ends_like_an_uninterrupted_run(tmp_path):
+    """Interrupted in a real process (a real SIGINT); the resume and the uninterrupted run run in this one."""
     stopped, straight = str(tmp_path / "stopped"), str(tmp_path / "straight")
     ckpt = os.path.join(stopped, "model.npz")
-    rc, out, err = _interrupt(["train", *RUN, "--out", stopped], str(tmp_path), lambda: os.path.exists(ckpt))
-    assert rc == 130, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("tinyseq: interrupted") and f"tinyseq train --resume {stopped}" in last, err
-    assert "Traceback" not in err
+    r = _interrupt(["train", *RUN, "--out", stopped], str(tmp_path), lambda err: os.path.exists(ckpt))
+    assert r.returncode == 130, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("tinyseq: interrupted") and f"tinyseq train --resume {stopped}" in last, r.stderr
+    assert "Traceback" not in r.stderr
     model = tinyseq.load(ckpt)                                    # a valid checkpoint, mid-run
     steps = json.loads(str(np.load(ckpt)["__meta__"]))["state"]["step"]
     assert 0 < steps < 1500, steps
     assert model.params.data.size > 0
 
-    r = run_cli("train", "--resume", stopped, cwd=str(tmp_path))
+    r = cli_in_process(["train", "--resume", stopped], cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
-    r = run_cli("train", *RUN, "--out", straight, cwd=str(tmp_path))
+    r = cli_in_process(["train", *RUN, "--out", straight], cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     _same_run(ckpt, os.path.join(straight, "model.npz"))
     # and a finished run refuses a second --resume, leaving its files as they were
     before = _tree(stopped)
-    assert_one_line_error(run_cli("train", "--resume", stopped, cwd=str(tmp_path)), "finished")
+    assert_one_line_error(cli_in_process(["train", "--resume", stopped], cwd=str(tmp_path)), "finished")
     assert _tree(stopped) == before
 
 
 def test_demo_interrupt_saves_and_says_how_to_continue(tmp_path):
     out = str(tmp_path / "demo")
     ckpt = os.path.join(out, "model.npz")
-    rc, stdout, err = _interrupt(["demo", *TINY_FLAGS, "--time", "60", "--out", out, "--seed", "1"],
-                                 str(tmp_path), lambda: False, after=6)   # training has started by then
-    assert rc == 130, err
-    last = err.strip().splitlines()[-1]
-    assert "Traceback" not in err
-    assert last.startswith("tinyseq: interrupted") and f"tinyseq train --resume {out}" in last, err
+    started = []
+
+    def training(err):       # SIGINT 1 s after the "training a ..." line: inside the training loop by then
+        if "training a " in err and not started:
+            started.append(time.perf_counter())
+        return bool(started) and time.perf_counter() - started[0] > 1.0
+    r = _interrupt(["demo", *TINY_FLAGS, "--time", "60", "--out", out, "--seed", "1"], str(tmp_path), training,
+                   after=30)
+    assert r.returncode == 130, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in r.stderr
+    assert last.startswith("tinyseq: interrupted") and f"tinyseq train --resume {out}" in last, r.stderr
     assert f"tinyseq probe {out}" in last
     tinyseq.load(ckpt)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # determinism: the same command, seed and thread count give the same bytes and the same numbers
+def _twice(args_a, args_b, cwd):
+    """The same command twice, at the same time: args_a in a fresh process, args_b in this one (so a result that
+    depends on the process, e.g. on hash randomisation or on what ran before, shows up)."""
+    p, paths = _start(args_a, cwd)
+    rb = cli_in_process(args_b, cwd=cwd)
+    return _finish(p, paths), rb
+
+
 def test_train_twice_gives_identical_checkpoints_and_summaries(tmp_path):
     args = ["--process", "mess3", *TINY_FLAGS, "--batch", "16", "--steps", "60", "--eval-every", "30",
             "--threads", "1", "--seed", "5", "--json"]
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    ra, rb = run_cli("train", *args, "--out", a), run_cli("train", *args, "--out", b)
+    ra, rb = _twice(["train", *args, "--out", a], ["train", *args, "--out", b], str(tmp_path))
     assert ra.returncode == 0 and rb.returncode == 0, (ra.stderr, rb.stderr)
     _same_run(os.path.join(a, "model.npz"), os.path.join(b, "model.npz"))
     clock = ("seconds", "tokens_per_s", "checkpoint")
@@ -526,19 +583,20 @@ def test_train_twice_gives_identical_file_bytes(tmp_path):
     """Same command, seed and threads: the same checkpoint file, byte for byte (a --steps run stores no clock)."""
     args = ["--process", "mess3", *TINY_FLAGS, "--batch", "8", "--steps", "5", "--threads", "1", "--seed", "5"]
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    assert run_cli("train", *args, "--out", a).returncode == 0
-    assert run_cli("train", *args, "--out", b).returncode == 0
+    ra, rb = _twice(["train", *args, "--out", a], ["train", *args, "--out", b], str(tmp_path))
+    assert ra.returncode == 0 and rb.returncode == 0, (ra.stderr, rb.stderr)
     assert open(os.path.join(a, "model.npz"), "rb").read() == open(os.path.join(b, "model.npz"), "rb").read()
 
 
-def test_probe_json_twice_is_identical_but_for_timings(files):
+def test_probe_json_twice_is_identical_but_for_timings(files, tmp_path):
     def strip(d):
         if isinstance(d, dict):
             return {k: strip(v) for k, v in d.items() if "timing" not in k and "seconds" not in k}
         if isinstance(d, list):
             return [strip(v) for v in d]
         return d
-    runs = [run_cli("probe", files["ck3"], "--json", "--threads", "1") for _ in range(2)]
-    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    args = ["probe", files["ck3"], "--json", "--threads", "1"]
+    runs = _twice(args, args, str(tmp_path))
+    assert all(r.returncode == 0 for r in runs), (runs[0].stderr, runs[1].stderr)
     a, b = (strip(json.loads(r.stdout)) for r in runs)
     assert a == b

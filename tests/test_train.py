@@ -8,7 +8,7 @@ import signal
 import numpy as np
 import pytest
 
-import cli
+from conftest import cli_in_process
 from tinyseq import checkpoint
 from tinyseq.errors import TinyseqError
 from tinyseq.models import build_model
@@ -232,24 +232,14 @@ def test_time_budget(mess3):
 
 # ----------------------------------------------------------------------------------------------------------
 # the command line
-def run_cli(args, capsys):
-    try:
-        cli.main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 TINY_FLAGS = ["--n-layers", "1", "--d-model", "16", "--n-heads", "2", "--d-head", "8", "--d-mlp", "32",
               "--n-ctx", "4", "--batch", "32", "--eval-sequences", "256", "--warmup", "5"]
 
 
-def test_cli_train_json_and_resume_errors(tmp_path, capsys):
+def test_cli_train_json_and_resume_errors(tmp_path):
     out = str(tmp_path / "run")
-    code, stdout, err = run_cli(["train", "--process", "mess3", "--out", out, "--steps", "20", "--json",
-                                 "--lr", "0.01", *TINY_FLAGS], capsys)
+    code, stdout, err = cli_in_process(["train", "--process", "mess3", "--out", out, "--steps", "20", "--json",
+                                        "--lr", "0.01", *TINY_FLAGS])
     assert code == 0, err
     summary = json.loads(stdout)
     for key in ("mean_nats", "floor_nats", "gap_nats", "gap_percent"):
@@ -260,15 +250,15 @@ def test_cli_train_json_and_resume_errors(tmp_path, capsys):
     # a finished run cannot be resumed, nor silently overwritten
     for args, words in ((["--resume", out], "already finished"),
                         (["--process", "mess3", "--out", out, *TINY_FLAGS], "--overwrite")):
-        code, stdout, err = run_cli(["train", *args], capsys)
+        code, stdout, err = cli_in_process(["train", *args])
         assert code == 2 and err.count("\n") == 1 and words in err, err
 
 
-def test_cli_text_output_and_resume(tmp_path, capsys, monkeypatch):
+def test_cli_text_output_and_resume(tmp_path):
     out = str(tmp_path / "run")
-    code, stdout, err = run_cli(["train", "--process", "mess3", "--model", "gru", "--hidden", "8", "--n-ctx", "4",
-                                 "--steps", "10", "--batch", "16", "--eval-sequences", "128", "--out", out],
-                                capsys)
+    code, stdout, err = cli_in_process(["train", "--process", "mess3", "--model", "gru", "--hidden", "8",
+                                        "--n-ctx", "4", "--steps", "10", "--batch", "16", "--eval-sequences", "128",
+                                        "--out", out])
     assert code == 0, err
     assert "floor h(L)" in stdout and "checkpoint:" in stdout and "% of the floor" in stdout
     # make it look interrupted, then resume with a conflicting option and with none
@@ -277,11 +267,11 @@ def test_cli_text_output_and_resume(tmp_path, capsys, monkeypatch):
     from tinyseq.train import save_run
     state.finished, state.step = False, 5
     save_run(path, model, proc, config, state)
-    code, _, err = run_cli(["train", "--resume", out, "--lr", "0.5"], capsys)
+    code, _, err = cli_in_process(["train", "--resume", out, "--lr", "0.5"])
     assert code == 2 and "drop --lr" in err and err.count("\n") == 1
-    code, _, err = run_cli(["train", "--resume", out, "--hidden", "9"], capsys)
+    code, _, err = cli_in_process(["train", "--resume", out, "--hidden", "9"])
     assert code == 2 and "drop --hidden" in err
-    code, stdout, err = run_cli(["train", "--resume", out, "--json"], capsys)
+    code, stdout, err = cli_in_process(["train", "--resume", out, "--json"])
     assert code == 0, err
     assert json.loads(stdout)["steps"] == 10
 
@@ -299,27 +289,28 @@ def test_cli_text_output_and_resume(tmp_path, capsys, monkeypatch):
     (["--schedule", "linear"], "unknown schedule"),
     (["--act-fn", "tanh"], "unknown act_fn"),
 ])
-def test_cli_bad_options_one_line_exit_2(tmp_path, capsys, args, words):
-    code, stdout, err = run_cli(["train", "--process", "mess3", "--out", str(tmp_path / "o"), *args], capsys)
+def test_cli_bad_options_one_line_exit_2(tmp_path, args, words):
+    code, stdout, err = cli_in_process(["train", "--process", "mess3", "--out", str(tmp_path / "o"), *args])
     assert code == 2, (stdout, err)
     assert err.count("\n") == 1 and words in err, err
     assert not os.path.exists(tmp_path / "o" / "model.npz")
 
 
-def test_cli_bad_out_and_missing_process(tmp_path, capsys):
+def test_cli_bad_out_and_missing_process(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, _, err = run_cli(["train", "--process", "mess3", "--out", str(blocker)], capsys)
+    code, _, err = cli_in_process(["train", "--process", "mess3", "--out", str(blocker)])
     assert code == 2 and "is a file" in err
-    code, _, err = run_cli(["train", "--out", str(tmp_path / "o")], capsys)
+    code, _, err = cli_in_process(["train", "--out", str(tmp_path / "o")])
     assert code == 2 and "--process is required" in err
-    code, _, err = run_cli(["train", "--resume", str(tmp_path / "nothing")], capsys)
+    code, _, err = cli_in_process(["train", "--resume", str(tmp_path / "nothing")])
     assert code == 2 and "no checkpoint" in err and err.count("\n") == 1
 
 
-def test_cli_preset_paper(tmp_path, capsys):
-    code, stdout, err = run_cli(["train", "--process", "mess3", "--preset", "paper", "--steps", "1", "--batch", "4",
-                                 "--eval-sequences", "16", "--out", str(tmp_path / "p"), "--json"], capsys)
+def test_cli_preset_paper(tmp_path):
+    code, stdout, err = cli_in_process(["train", "--process", "mess3", "--preset", "paper", "--steps", "1",
+                                        "--batch", "4", "--eval-sequences", "16", "--out", str(tmp_path / "p"),
+                                        "--json"])
     assert code == 0, err
     summary = json.loads(stdout)
     m = summary["model"]
