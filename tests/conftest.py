@@ -71,7 +71,7 @@ def compile_probe_once(monkeypatch):
     """`tinyseq bench` measures cold and warm Numba compile times in two fresh processes (about 10 s of CPU,
     compiling every kernel into an empty cache). That is a fact about the machine, not about the command:
     the first `bench` of the session measures it for real, later ones reuse its numbers."""
-    from tinyseq import bench
+    from tinyseq.lab import bench
 
     real = bench.compile_times
 

@@ -62,6 +62,5 @@ def test_busy_core_child_is_stopped_even_on_an_error():
 
 
 def test_bench_busy_bad_option():
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "bench", "--busy", "--presets", "nope"],
-                         capture_output=True, text=True, timeout=120)
+    res = cli_in_process(["bench", "--busy", "--presets", "nope"])
     assert res.returncode == 2 and "unknown preset" in res.stderr and "Traceback" not in res.stderr
