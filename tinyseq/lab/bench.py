@@ -35,6 +35,9 @@ import numpy as np
 from tinyseq.errors import TinyseqError
 from tinyseq.threads import check_threads, default_threads, set_threads
 
+# the folder that holds the tinyseq package: child processes import it from here even when it is not installed
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 # ----------------------------------------------------------------------------------------------------------
 # what can be benchmarked
 
@@ -236,8 +239,7 @@ class TorchWorker:
 
     def __init__(self, threads: int):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen([sys.executable, "-m", "tinyseq.lab.bench", "--torch-worker"], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
@@ -306,10 +308,10 @@ print(time.perf_counter() - t0)
 def compile_times() -> dict:
     """Seconds to import tinyseq and run one step of every Numba kernel (float32 and float64), in a fresh
     process: `cold` with an empty Numba cache (everything compiles), `warm` from the cache the cold run wrote."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = {}
     with tempfile.TemporaryDirectory(prefix="tinyseq-numba-cache-") as cache_dir:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir,
+                   PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         for label in ("cold", "warm"):
             res = subprocess.run([sys.executable, "-c", _COMPILE_SNIPPET], env=env, capture_output=True, text=True)
             if res.returncode != 0:
@@ -496,8 +498,7 @@ def train_rate(args: list[str], threads: str, seconds: float) -> dict:
 
     from tinyseq.threads import _proc_stat
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with tempfile.TemporaryDirectory(prefix="tinyseq-busy-") as out:
         cmd = [*_cli_command(), "train", *args, "--time", f"{seconds:g}", "--threads", threads,
                "--out", out, "--json"]
