@@ -139,8 +139,9 @@ def _train_flags(f):
                              help=f"{opt['help']} [default: {' '.join(map(str, opt['default']))}]")(f)
             continue
         shown = "" if opt["default"] is None else f" [default: {opt['default']}]"
+        metavar = "auto|N" if opt["name"] == "threads" else opt["type"].__name__.upper()
         f = click.option(flag(opt["name"]), opt["name"], type=opt["type"], default=None,
-                         metavar=opt["type"].__name__.upper(), help=f"{opt['help']}{shown}")(f)
+                         metavar=metavar, help=f"{opt['help']}{shown}")(f)
     return f
 
 
