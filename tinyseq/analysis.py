@@ -31,6 +31,7 @@ which is the seed's f(a, b, c) == g(a)(b)(c): the model's next-token function, c
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 
@@ -52,6 +53,7 @@ KSTEP_L2 = 0.1               # logistic k-step probe: L2 on standardised feature
 KSTEP_MAX_SEQUENCES = 500    # sampled sets: held-out sequences the k-step table uses (the rollouts dominate the cost)
 ROLLOUT_MAX_EXACT = 128      # sampled sets: exact rollout when vocab ** (k-1) <= this, else Monte Carlo
 ROLLOUT_SAMPLES = 32         # Monte Carlo continuations per prefix
+ROLLOUT_ROWS = 8192          # continuation sequences per forward pass of the exact rollout
 RANDOM_INIT_MAX_SEQUENCES = 20_000  # the random-init control runs on at most this many sequences (a control
 #                              needs the order of magnitude, not the third digit; it saves most of a forward pass)
 PICTURE_POINTS = 20_000      # held-out rows shown in the simplex picture (uniform over rows: shows the geometry)
@@ -380,18 +382,55 @@ def tree_levels(tree_probs, V):  # (V^n, n, V) -> [None, (V, V), (V^2, V), ..., 
     return [None] + [tree_probs[::V ** (n - t), t - 1] for t in range(1, n + 1)]
 
 
-def tree_kstep(levels, t, k, V):  # -> (V^t, V) the model's k-step marginal after every prefix of length t
-    """q_k(x | s) = sum_c q(c | s) q_{k-1}(x | s c), folded from the deepest level up: exact, no sampling."""
+def tree_kstep(levels, t, k, V):  # -> (..., V^t, V) the model's k-step marginal after every prefix of length t
+    """q_k(x | s) = sum_c q(c | s) q_{k-1}(x | s c), folded from the deepest level up: exact, no sampling.
+    levels[s] may carry leading batch axes (..., V^s, V): one tree per row (see continuation_levels)."""
     if t + k - 1 >= len(levels):
         raise TinyseqError(f"a {k}-step rollout after {t} tokens needs {t + k - 1} tokens of context, more than "
                            f"the {len(levels) - 1} evaluated")
     R = levels[t + k - 1]                                              # (V^(t+k-1), V): k = 1 at the deepest prefix
     for s in range(t + k - 2, t - 1, -1):
-        R = np.einsum("pc,pcx->px", levels[s], R.reshape(V ** s, V, V))  # sum over the generated token c
+        R = np.einsum("...pc,...pcx->...px", levels[s], R.reshape(R.shape[:-2] + (V ** s, V, V)))  # sum over c
     return R
 
 
-def _rollout_rows(model, data, tree, k, seqs, pos, V, n_ctx, seed):
+def continuation_levels(model, prefix, depth, V):  # (B, t) int -> [(B, 1, V), (B, V, V), ..., (B, V^depth, V)]
+    """The model's next-token distribution after prefix + c for every continuation c of 0..depth tokens: the
+    levels of a small prefix tree rooted at each prefix (tree_levels' layout with a batch axis, root at 0).
+    One batch of the V^depth longest continuations holds every shorter one (the outputs along the way); a
+    model with continuation_logits (the transformer's KV-cache forward) runs only the new tokens."""
+    B, t = prefix.shape
+    root = softmax(model.logits(prefix)[:, t - 1], np.float64)[:, None]          # (B, 1, V)
+    if depth == 0:
+        return [root]
+    C = np.array(list(itertools.product(range(V), repeat=depth)), dtype=prefix.dtype)  # (V^depth, depth)
+    if hasattr(model, "continuation_logits"):
+        logits = model.continuation_logits(prefix, C)                               # (B, V^depth, depth, V)
+    else:
+        seqs = np.concatenate([np.repeat(prefix, len(C), axis=0), np.tile(C, (B, 1))], axis=1)
+        logits = model.logits(seqs)[:, t:].reshape(B, len(C), depth, V)
+    probs = softmax(logits, np.float64)
+    # node c_1..c_j is the output after j continuation tokens of the first leaf below it
+    return [root] + [probs[:, ::V ** (depth - j), j - 1] for j in range(1, depth + 1)]
+
+
+def exact_rollout_depth(V, horizon):  # -> the largest k <= horizon rolled out exactly on a sampled set
+    return max(k for k in range(1, horizon + 1) if V ** (k - 1) <= ROLLOUT_MAX_EXACT)
+
+
+def _continuation_rollout(model, prefixes, k, V, depth, memo):  # (B, t) int -> (B, V)
+    """Exact k-step marginal after each prefix; the continuation trees of one prefix length are built once
+    (to `depth` - 1 generated tokens) and kept in memo for every k."""
+    t = prefixes.shape[1]
+    if t not in memo or not np.array_equal(memo[t][0], prefixes):
+        step = max(1, ROLLOUT_ROWS // V ** (depth - 1))                            # prefixes per forward
+        parts = [continuation_levels(model, prefixes[s:s + step], depth - 1, V)
+                 for s in range(0, len(prefixes), step)]
+        memo[t] = prefixes, [np.concatenate(lv) for lv in zip(*parts)]
+    return tree_kstep(memo[t][1], 0, k, V)[:, 0]
+
+
+def _rollout_rows(model, data, tree, k, seqs, pos, V, n_ctx, seed, horizon=None, memo=None):
     """(n, V) the model's own k-step marginal at each row (prefix = tokens[seq, :pos+1])."""
     out = np.empty((len(seqs), V))
     if tree is not None:
@@ -404,11 +443,16 @@ def _rollout_rows(model, data, tree, k, seqs, pos, V, n_ctx, seed):
     def next_token_fn(x):
         return softmax(model.logits(x), np.float64)
 
+    deepest = exact_rollout_depth(V, k if horizon is None else horizon)
+    memo = {} if memo is None else memo
     for t in np.unique(pos + 1):
         m = np.flatnonzero(pos + 1 == t)
         uniq, inv = np.unique(data.tokens[seqs[m], :t], axis=0, return_inverse=True)
-        q = probes.rollout_kstep(next_token_fn, uniq, t, k, V, n_ctx, max_exact=ROLLOUT_MAX_EXACT,
-                                 rng=np.random.default_rng((seed, 7, k, int(t))), n_samples=ROLLOUT_SAMPLES)
+        if k <= deepest:
+            q = _continuation_rollout(model, uniq, k, V, min(deepest, n_ctx - t), memo)
+        else:
+            q = probes.rollout_kstep(next_token_fn, uniq, t, k, V, n_ctx, max_exact=ROLLOUT_MAX_EXACT,
+                                     rng=np.random.default_rng((seed, 7, k, int(t))), n_samples=ROLLOUT_SAMPLES)
         out[m] = q[inv.reshape(-1)]
     return out
 
@@ -425,7 +469,7 @@ def kstep_accuracy(model, proc, data: EvalData, hook, belief_fit, horizon, tree=
         eval_seq = np.sort(rng.choice(eval_seq, KSTEP_MAX_SEQUENCES, replace=False))
     feats = acts_features(data, data.acts, hook)
     fit_feats = acts_features(fit_data, fit_data.acts, hook)
-    rows = []
+    rows, memo = [], {}                                              # memo: continuation trees, shared by all k
     for k in range(1, horizon + 1):
         n_pos = T - k                                                # positions p whose token p + k is in the window
         ev = Rows(data, eval_seq, n_pos)                             # held-out rows, merged by prefix
@@ -440,7 +484,7 @@ def kstep_accuracy(model, proc, data: EvalData, hook, belief_fit, horizon, tree=
         base = probes.constant_baseline_accuracy(Pstar, w)
         bayes = probes.bayes_expected_accuracy(Pstar, w)
         # the model's own k-step marginal, by chaining its next-token predictions
-        Q = _rollout_rows(model, data, tree, k, ev.seqs, ev.pos, V, T, seed)
+        Q = _rollout_rows(model, data, tree, k, ev.seqs, ev.pos, V, T, seed, horizon, memo)
         roll = probes.expected_accuracy(Q.argmax(axis=1), Pstar, w)
         # logistic probe: activation at p -> token at p + k, fitted on every row of the fit sequences. Rows
         # sharing a prefix share the features, so they merge into one row whose soft label is the weighted

@@ -328,6 +328,38 @@ class Transformer:
     def logits(self, tokens):  # (B, T) int -> (B, T, V)
         return self.forward(tokens)[0]
 
+    def continuation_logits(self, prefix, conts):  # (B, t) int, (n, J) int -> (B, n, J, V)
+        """Logits after prefix + c[:j+1] for every prefix, every continuation c and j < J: the same numbers as
+        logits(concat(prefix, c))[:, t:] up to float rounding, from a KV-cache forward. The prefix runs once;
+        each continuation token then attends to the prefix's cached keys and values and to the continuation
+        tokens before it, so the cost is B * n * J new tokens instead of B * n * (t + J)."""
+        ops, P, cfg = self.ops, self.params, self.config
+        prefix, conts = check_tokens(prefix, cfg), np.asarray(conts)
+        (B, t), (n, J) = prefix.shape, conts.shape
+        if t + J > cfg.n_ctx:
+            raise TinyseqError(f"a prefix of {t} tokens plus {J} more is longer than the context {cfg.n_ctx}")
+        _, cache = self.forward(prefix)                                      # keys, values of the prefix
+        x = P["embed.W_E"][conts] + P["pos_embed.W_pos"][t:t + J]              # (n, J, C)
+        x = np.broadcast_to(x, (B,) + x.shape).reshape(B * n, J, cfg.d_model)  # (B*n, J, C) a copy
+        for l in range(cfg.n_layers):
+            x = self._cached_block(l, x, cache[f"blocks.{l}.attn.hook_k"], cache[f"blocks.{l}.attn.hook_v"])
+        xf = self._norm_forward("ln_final", x, {})                                   # (B*n, J, C)
+        return ops.linear_forward(xf, P["unembed.W_U"], P["unembed.b_U"]).reshape(B, n, J, -1)
+
+    def _cached_block(self, l, x, k_pre, v_pre):  # (B*n, J, C), (B, NH, t, HS) x2 -> (B*n, J, C)
+        """_block_forward for continuation tokens whose keys and values before them are k_pre, v_pre."""
+        ops, P, p, NH = self.ops, self.params, f"blocks.{l}", self.config.n_heads
+        h = self._norm_forward(f"{p}.ln1", x, {})
+        qkv = ops.linear_forward(h, *self._qkv_gather(l))                  # (B*n, J, 3*NH*HS)
+        B, t = k_pre.shape[0], k_pre.shape[2]
+        q, k, v = (a.reshape((B, -1) + a.shape[1:]) for a in split_qkv(qkv, NH))  # (B, n, NH, J, HS)
+        z = cached_attention(q, k, v, k_pre[:, None], v_pre[:, None])        # (B, n, NH, J, HS)
+        zm = merge_heads(z.reshape((-1,) + z.shape[2:]))                     # (B*n, J, NH*HS)
+        x = ops.linear_residual_forward(zm, self._W_O(l), P[f"{p}.attn.b_O"], x)
+        h = self._norm_forward(f"{p}.ln2", x, {})
+        _, post = ops.linear_act_forward(h, P[f"{p}.mlp.W_in"], P[f"{p}.mlp.b_in"], self._act)
+        return ops.linear_residual_forward(post, P[f"{p}.mlp.W_out"], P[f"{p}.mlp.b_out"], x)
+
     def activations(self, tokens):  # (B, T) int -> {hook name: (B, T, C)} in pipeline order
         """The residual stream at TransformerLens hook points: blocks.0.hook_resid_pre (embeddings), then
         blocks.{l}.hook_resid_mid / hook_resid_post per block, then ln_final.hook_normalized (if LayerNorm)."""
@@ -346,6 +378,19 @@ def split_qkv(qkv, n_heads):  # (B, T, 3*NH*HS) -> q, k, v views (B, NH, T, HS),
     B, T, D = qkv.shape
     heads = qkv.reshape(B, T, 3, n_heads, D // (3 * n_heads)).transpose(2, 0, 3, 1, 4)   # (3, B, NH, T, HS)
     return heads[0], heads[1], heads[2]
+
+
+def cached_attention(q, k, v, k_pre, v_pre):
+    # (..., NH, J, HS) x3, (..., NH, t, HS) x2 -> (..., NH, J, HS)
+    """Causal attention of J new queries over t earlier keys (all visible) and the J new keys (causal)."""
+    J, HS = q.shape[-2:]
+    scale = 1.0 / math.sqrt(HS)
+    scores_new = q @ k.swapaxes(-1, -2)                                  # (..., NH, J, J)
+    scores_new[..., np.triu(np.ones((J, J), dtype=bool), k=1)] = -np.inf  # not the continuation's future
+    scores = np.concatenate([q @ k_pre.swapaxes(-1, -2), scores_new], axis=-1) * scale  # (..., NH, J, t + J)
+    att = numpy_ops.softmax(scores)
+    t = k_pre.shape[-2]
+    return att[..., :t] @ v_pre + att[..., t:] @ v
 
 
 def join_qkv(dq, dk, dv):  # (B, NH, T, HS) x3 -> (B, T, 3*NH*HS), the layout of split_qkv's input
