@@ -280,3 +280,24 @@ def test_every_model_checks_tokens_the_same_way(build, tokens, says):
     with pytest.raises(TinyseqError) as e:
         build().logits(tokens)
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the KV-cache forward of the k-step rollout: the same logits as the full forward on the joined sequence
+@pytest.mark.parametrize("dtype,backend,tol", [(np.float64, "numpy", 1e-12), (np.float64, "numba", 1e-12),
+                                               (np.float32, "numba", 1e-4)])
+def test_continuation_logits_equal_the_full_forward(dtype, backend, tol):
+    m = Transformer(TransformerConfig(n_ctx=9, d_vocab=3, n_layers=2, act_fn="gelu"), dtype=dtype, backend=backend)
+    m.params.data[...] += np.random.default_rng(1).standard_normal(m.params.data.shape).astype(dtype) * 0.5
+    rng = np.random.default_rng(2)
+    prefix, conts = rng.integers(0, 3, (4, 5)), rng.integers(0, 3, (7, 3))          # t = 5, J = 3: 8 <= n_ctx
+    got = m.continuation_logits(prefix, conts)                                       # (4, 7, 3, V)
+    for c in range(len(conts)):
+        joined = np.concatenate([prefix, np.repeat(conts[c][None], len(prefix), axis=0)], axis=1)
+        np.testing.assert_allclose(got[:, c], m.logits(joined)[:, 5:], atol=tol, rtol=0)
+
+
+def test_continuation_logits_refuse_to_exceed_the_context():
+    m = Transformer(TransformerConfig(n_ctx=6, d_vocab=3))
+    with pytest.raises(TinyseqError, match="longer than the context"):
+        m.continuation_logits(np.zeros((2, 4), dtype=np.int64), np.zeros((3, 3), dtype=np.int64))

@@ -47,9 +47,9 @@ SAMPLE_SEQUENCES = 10_000    # size of a sampled evaluation set (and the least a
 ROWS_PER_FEATURE = 20        # an unregularised probe needs at least this many fit rows per activation dimension;
 #                              below it the belief probe moves to a large sampled set or picks a ridge by CV
 FORWARD_CHUNK = 4096         # sequences per forward pass
-KSTEP_L2 = 0.1               # logistic k-step probe: L2 on standardised features (dimensionless). Measured on mess3:
-#                              1e-4 lets the fit chase calibration through non-belief directions and costs up to
-#                              0.008 of accuracy at k = 5; 0.1 keeps it within 0.0005 of Bayes (exact beliefs: 0)
+KSTEP_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # logistic k-step probe: L2 on standardised features (dimensionless),
+#                              chosen per k by 5-fold CV (whole sequences) on the fit part. A fixed 0.1 (tuned on
+#                              mess3 models) left exact-belief features at half the Bayes gain at k = 3
 KSTEP_MAX_SEQUENCES = 500    # sampled sets: held-out sequences the k-step table uses (the rollouts dominate the cost)
 ROLLOUT_MAX_EXACT = 128      # sampled sets: exact rollout when vocab ** (k-1) <= this, else Monte Carlo
 ROLLOUT_SAMPLES = 32         # Monte Carlo continuations per prefix
@@ -494,7 +494,9 @@ def kstep_accuracy(model, proc, data: EvalData, hook, belief_fit, horizon, tree=
         soft = np.zeros((len(fit.seqs), V))
         np.add.at(soft, (fit.inv, labels), fit.raw_w)
         soft /= np.where(fit.w > 0, fit.w, 1.0)[:, None]
-        Wl, bl = probes.fit_logistic(fit_feats(fit.seqs, fit.pos), soft, V, fit.w, l2=KSTEP_L2)
+        Xf = fit_feats(fit.seqs, fit.pos)
+        l2, _ = probes.choose_l2_cv(Xf, soft, V, fit.seqs, fit.w, grid=KSTEP_L2_GRID, seed=seed)
+        Wl, bl = probes.fit_logistic(Xf, soft, V, fit.w, l2=l2)
         Xe = feats(ev.seqs, ev.pos)
         Qp = probes.predict_proba(Xe, Wl, bl)
         probe_acc = probes.expected_accuracy(Qp.argmax(axis=1), Pstar, w)
@@ -504,11 +506,12 @@ def kstep_accuracy(model, proc, data: EvalData, hook, belief_fit, horizon, tree=
         gain = lambda a: probes.fraction_of_gain(a, base, bayes)  # noqa: E731
         rows.append({
             "k": k, "positions": n_pos, "n_rows": int(ev.n_raw), "n_prefixes": int(len(ev.seqs)),
+            "n_kstep_sequences": int(len(eval_seq)),
             "n_probe_fit_rows": int(fit.n_raw), "n_probe_fit_prefixes": int(len(fit.seqs)),
             "baseline_accuracy": base, "bayes_accuracy": bayes,
             "bayes_realised_accuracy": realised(Pstar.argmax(axis=1)),
             "rollout_accuracy": roll, "rollout_gain": gain(roll),
-            "probe_accuracy": probe_acc, "probe_gain": gain(probe_acc),
+            "probe_accuracy": probe_acc, "probe_gain": gain(probe_acc), "probe_l2": l2,
             "probe_realised_accuracy": realised(Qp.argmax(axis=1)),
             "belief_route_accuracy": route_acc, "belief_route_gain": gain(route_acc),
             "kl_bits": probes.kl_bits(Pstar, Q, w), "probe_kl_bits": probes.kl_bits(Pstar, Qp, w),
@@ -681,7 +684,7 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
                        "n_sequences": int(len(bdata.tokens)), "facts": bdata.facts},
         "belief_protocol_facts": _belief_protocol_facts(bdata, frac_fit, ridge, data, control),
         "belief_recovery": rows, "distances": dist, "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
-        "kstep_protocol_facts": _kstep_protocol_facts(data, kfit, khook, tree is not None),
+        "kstep_protocol_facts": _kstep_protocol_facts(data, kfit, khook, tree is not None, kst, model),
         "kstep": kst, "picture": picture(bdata, rows, fits, seed, points), "summary": headline(data, rows, kst),
         "seconds": time.perf_counter() - t_start, "timings": timings})
 
@@ -725,10 +728,12 @@ def _belief_protocol_facts(bdata, frac_fit, ridge, data, control) -> dict:
             "n_control_sequences": len(control[0].tokens) if control else 0, "n_sequences": len(bdata.tokens)}
 
 
-def _kstep_protocol_facts(data, fit_data, hook, exact_tree) -> dict:
+def _kstep_protocol_facts(data, fit_data, hook, exact_tree, rows, model) -> dict:
     return {"exact_tree": exact_tree, "rollout_max_exact": ROLLOUT_MAX_EXACT, "rollout_samples": ROLLOUT_SAMPLES,
             "hook": hook, "hook_label": hook_label(hook), "fit_on_belief_set": fit_data.tokens is not data.tokens,
-            "weighted": fit_data.weighted, "l2": KSTEP_L2}
+            "weighted": fit_data.weighted, "l2_grid": list(KSTEP_L2_GRID), "l2_by_k": [r["probe_l2"] for r in rows],
+            "n_eval_sequences": len(data.eval_seq), "n_kstep_sequences": rows[0]["n_kstep_sequences"],
+            "kv_cache": hasattr(model, "continuation_logits")}
 
 
 def _json_safe(obj):
