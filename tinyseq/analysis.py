@@ -50,6 +50,8 @@ FORWARD_CHUNK = 4096         # sequences per forward pass
 KSTEP_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # logistic k-step probe: L2 on standardised features (dimensionless),
 #                              chosen per k by 5-fold CV (whole sequences) on the fit part. A fixed 0.1 (tuned on
 #                              mess3 models) left exact-belief features at half the Bayes gain at k = 3
+KSTEP_CV_TOL = 1e-4          # the l2 cross-validation stops each fit at this gradient (the final fit: 1e-7); on
+#                              mess3 at n_ctx 40 it ranks the grid as 1e-5 does, in 60% of the time
 KSTEP_MAX_SEQUENCES = 500    # sampled sets: held-out sequences the k-step table uses (the rollouts dominate the cost)
 ROLLOUT_MAX_EXACT = 128      # sampled sets: exact rollout when vocab ** (k-1) <= this, else Monte Carlo
 ROLLOUT_SAMPLES = 32         # Monte Carlo continuations per prefix
@@ -398,18 +400,16 @@ def continuation_levels(model, prefix, depth, V):  # (B, t) int -> [(B, 1, V), (
     """The model's next-token distribution after prefix + c for every continuation c of 0..depth tokens: the
     levels of a small prefix tree rooted at each prefix (tree_levels' layout with a batch axis, root at 0).
     One batch of the V^depth longest continuations holds every shorter one (the outputs along the way); a
-    model with continuation_logits (the transformer's KV-cache forward) runs only the new tokens."""
+    model with continuation_logits (the transformer's KV-cache forward) runs each node of the tree once."""
     B, t = prefix.shape
     root = softmax(model.logits(prefix)[:, t - 1], np.float64)[:, None]          # (B, 1, V)
     if depth == 0:
         return [root]
-    C = np.array(list(itertools.product(range(V), repeat=depth)), dtype=prefix.dtype)  # (V^depth, depth)
     if hasattr(model, "continuation_logits"):
-        logits = model.continuation_logits(prefix, C)                               # (B, V^depth, depth, V)
-    else:
-        seqs = np.concatenate([np.repeat(prefix, len(C), axis=0), np.tile(C, (B, 1))], axis=1)
-        logits = model.logits(seqs)[:, t:].reshape(B, len(C), depth, V)
-    probs = softmax(logits, np.float64)
+        return [root] + [softmax(z, np.float64) for z in model.continuation_logits(prefix, depth)]
+    C = np.array(list(itertools.product(range(V), repeat=depth)), dtype=prefix.dtype)  # (V^depth, depth)
+    seqs = np.concatenate([np.repeat(prefix, len(C), axis=0), np.tile(C, (B, 1))], axis=1)
+    probs = softmax(model.logits(seqs)[:, t:].reshape(B, len(C), depth, V), np.float64)
     # node c_1..c_j is the output after j continuation tokens of the first leaf below it
     return [root] + [probs[:, ::V ** (depth - j), j - 1] for j in range(1, depth + 1)]
 
@@ -457,6 +457,15 @@ def _rollout_rows(model, data, tree, k, seqs, pos, V, n_ctx, seed, horizon=None,
     return out
 
 
+def kstep_probe(X, soft, V, w, groups, seed=0):  # (N, D), (N, V), int, (N,), (N,) int -> W (D, V), b (V,), l2
+    """The logistic k-step probe fitted on every row, its l2 chosen by CV over whole sequences on the same rows
+    (probes.choose_l2_cv). The CV's fits stop at a looser gradient (KSTEP_CV_TOL): choosing among a few values
+    of l2 needs the held-out loss to a few digits, not the optimum to seven."""
+    l2, _ = probes.choose_l2_cv(X, soft, V, groups, w, grid=KSTEP_L2_GRID, seed=seed, tol=KSTEP_CV_TOL)
+    W, b = probes.fit_logistic(X, soft, V, w, l2=l2)
+    return W, b, l2
+
+
 def kstep_accuracy(model, proc, data: EvalData, hook, belief_fit, horizon, tree=None, seed=0, fit_data=None):
     """One row per k: every predictor scored by its expected accuracy under the exact k-step distribution, over
     the held-out rows of `data`. The logistic probe is fitted on the fit rows of `fit_data` (default `data`; the
@@ -494,9 +503,7 @@ def kstep_accuracy(model, proc, data: EvalData, hook, belief_fit, horizon, tree=
         soft = np.zeros((len(fit.seqs), V))
         np.add.at(soft, (fit.inv, labels), fit.raw_w)
         soft /= np.where(fit.w > 0, fit.w, 1.0)[:, None]
-        Xf = fit_feats(fit.seqs, fit.pos)
-        l2, _ = probes.choose_l2_cv(Xf, soft, V, fit.seqs, fit.w, grid=KSTEP_L2_GRID, seed=seed)
-        Wl, bl = probes.fit_logistic(Xf, soft, V, fit.w, l2=l2)
+        Wl, bl, l2 = kstep_probe(fit_feats(fit.seqs, fit.pos), soft, V, fit.w, fit.seqs, seed)
         Xe = feats(ev.seqs, ev.pos)
         Qp = probes.predict_proba(Xe, Wl, bl)
         probe_acc = probes.expected_accuracy(Qp.argmax(axis=1), Pstar, w)

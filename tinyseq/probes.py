@@ -426,7 +426,7 @@ def fit_logistic(X, y, V, w=None, l2=1e-4, max_iter=500, tol=1e-7, init=None):
     return W, b
 
 
-def choose_l2_cv(X, y, V, groups, w=None, grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), n_folds=5, seed=0):
+def choose_l2_cv(X, y, V, groups, w=None, grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), n_folds=5, seed=0, tol=1e-7):
     # (N, D), (N, V) soft labels, int, (N,) int, (N,) -> best l2 float, cv cross-entropy (len(grid),) nats
     """fit_logistic's l2 with the smallest K-fold cross-validated weighted cross-entropy, folds of whole groups
     (group_folds, as choose_ridge_cv). Within a fold the grid runs from the largest l2 down, each fit warm-
@@ -442,7 +442,7 @@ def choose_l2_cv(X, y, V, groups, w=None, grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), n_
             continue
         fit = None
         for i in order:
-            fit = fit_logistic(X[tr], Y[tr], V, w[tr], l2=grid[i], init=fit)
+            fit = fit_logistic(X[tr], Y[tr], V, w[tr], l2=grid[i], tol=tol, init=fit)
             logp = log_softmax(X[te] @ fit[0] + fit[1])              # (N_te, V)
             ce[i] -= w[te] @ np.sum(Y[te] * logp, axis=1)
     best = order[int(np.argmin(ce[order]))]                          # first minimum in order: the larger l2
