@@ -337,3 +337,22 @@ def test_l2_cv_picks_the_weakest_l2_for_a_sharp_model_and_the_strongest_for_nois
     Xn = rng.standard_normal((60, 3))                                                # labels independent of X
     noise = np.eye(3)[rng.integers(0, 3, 60)]
     assert probes.choose_l2_cv(Xn, noise, 3, np.arange(60) // 3)[0] == 1.0
+
+
+def test_l2_cv_accuracy_scores_are_the_held_out_error_rates():
+    """Recomputed independently: per fold, each l2 fitted from zero (no warm start), error rate of the argmax."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((400, 3))
+    Y = probes.predict_proba(X, rng.standard_normal((3, 3)), np.zeros(3))           # soft labels
+    w, groups, grid = rng.random(400), np.arange(400) // 8, (1e-3, 1e-1, 10.0)
+    l2, err = probes.choose_l2_cv(X, Y, 3, groups, w, grid=grid, tol=1e-10, score="accuracy")
+    fold, k = probes.group_folds(groups)
+    wn = w / w.sum()
+    for i, g in enumerate(grid):
+        want = 0.0
+        for f in range(k):
+            W, b = probes.fit_logistic(X[fold != f], Y[fold != f], 3, w[fold != f], l2=g, tol=1e-10)
+            hit = Y[fold == f][np.arange((fold == f).sum()), (X[fold == f] @ W + b).argmax(axis=1)]
+            want += wn[fold == f] @ (1.0 - hit)
+        assert err[i] == pytest.approx(want, abs=1e-9)
+    assert l2 == max(g for g, e in zip(grid, err) if e == err.min())

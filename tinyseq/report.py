@@ -218,9 +218,9 @@ def kstep_protocol(f: dict) -> str:
     return (f"held-out positions p whose token p+k lies in the context, {sampled}predictors scored by expected "
             f"accuracy E[P*(predicted symbol)] under the exact k-step distribution; {roll}; logistic probe from "
             f"{f['hook_label']} ({f['hook']}) fitted on every row of the fit sequences{fit_on} "
-            f"({'probability-weighted' if f['weighted'] else 'unweighted'}; l2 by 5-fold CV over whole sequences "
-            f"from {', '.join(f'{x:g}' for x in f['l2_grid'])}: {l2} for k = 1..{len(f['l2_by_k'])}), labels = "
-            f"the actual token p+k; belief route = the belief probe of the same hook times the exact k-step map")
+            f"({'probability-weighted' if f['weighted'] else 'unweighted'}; l2 by 5-fold CV of held-out accuracy "
+            f"over whole sequences from {', '.join(f'{x:g}' for x in f['l2_grid'])}: {l2} for k = "
+            f"1..{len(f['l2_by_k'])}), labels = the actual token p+k; belief route = the belief probe of the same hook times the exact k-step map")
 
 
 def eval_set_line(a: dict) -> str:
