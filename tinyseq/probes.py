@@ -381,9 +381,10 @@ def fit_logistic(X, y, V, w=None, l2=1e-4, max_iter=500, tol=1e-7, init=None):
     y: integer labels (N,) or target distributions (N, V) (soft labels give the same optimum as many
     sampled labels, without the sampling noise).
 
-    Method: L-BFGS (memory 10, Armijo backtracking) from zero (or from `init`, a fit's raw W, b), stopped when the largest gradient entry is below
-    `tol` or after `max_iter` iterations, in preconditioned coordinates. The loss's Hessian in W_std is about
-    C (x) (curvature ~ 1/V) + l2 I, with C the features' correlation matrix; with C = U diag(lam) U' and
+    Method: L-BFGS (memory 10, Armijo backtracking) from zero (or from `init`, a fit's raw W, b), stopped when
+    the largest gradient entry is below `tol` or after `max_iter` iterations, in preconditioned coordinates.
+    The loss's Hessian in W_std is about C (x) (curvature ~ 1/V) + l2 I, with C the features' correlation
+    matrix; with C = U diag(lam) U' and
     W_std = U diag(r) A, r = (lam / V + l2)^(-1/2), it is about the identity in A, so strongly correlated
     activations (the usual case) take tens of iterations, not hundreds. Same objective, same optimum: only the
     coordinates change. C costs one pass over X (N D^2); every iteration costs two (X @ W and X' @ G), done
