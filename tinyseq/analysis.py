@@ -400,7 +400,8 @@ def continuation_levels(model, prefix, depth, V):  # (B, t) int -> [(B, 1, V), (
     """The model's next-token distribution after prefix + c for every continuation c of 0..depth tokens: the
     levels of a small prefix tree rooted at each prefix (tree_levels' layout with a batch axis, root at 0).
     One batch of the V^depth longest continuations holds every shorter one (the outputs along the way); a
-    model with continuation_logits (the transformer's KV-cache forward) runs each node of the tree once."""
+    model with continuation_logits (the transformer's KV-cache forward, the recurrent nets' cell step from the
+    parent's state) runs each node of the tree once; any other model runs the V^depth leaves whole."""
     B, t = prefix.shape
     root = softmax(model.logits(prefix)[:, t - 1], np.float64)[:, None]          # (B, 1, V)
     if depth == 0:

@@ -209,7 +209,7 @@ def kstep_protocol(f: dict) -> str:
             "tokens, from one pass over every sequence)" if f["exact_tree"] else
             f"the model's k-step marginal is its next-token output chained over every intermediate sequence "
             f"when V^(k-1) <= {f['rollout_max_exact']}, else averaged over {f['rollout_samples']} sampled "
-            f"continuations" + (" (continuations run from the prefix's cached keys and values)" if f["kv_cache"]
+            f"continuations" + (" (each continuation runs from the prefix's cached state)" if f["kv_cache"]
                                  else ""))
     sampled = ("" if f["n_kstep_sequences"] == f["n_eval_sequences"] else
                f"on {f['n_kstep_sequences']} of the {f['n_eval_sequences']} held-out sequences, drawn at random; ")
