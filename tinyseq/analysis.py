@@ -28,6 +28,9 @@ distribution after *every* prefix of every length. The model's own k-step margin
 forward pass: it is the sum over the k-1 generated tokens, folded one level of the tree at a time,
     q_k(x | s) = sum_c q(c | s) q_{k-1}(x | s c),
 which is the seed's f(a, b, c) == g(a)(b)(c): the model's next-token function, chained.
+On a sampled set the same fold runs on a small tree per prefix instead: its continuations of up to K-1 tokens
+(continuation_levels), which the transformer evaluates from the prefix's cached keys and values and a recurrent
+net from the prefix's hidden state (optional: a model may also provide .continuation_logits(prefix, depth)).
 """
 from __future__ import annotations
 
