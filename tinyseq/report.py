@@ -212,7 +212,7 @@ def kstep_protocol(f: dict) -> str:
             f"continuations" + (" (each continuation runs from the prefix's cached state)" if f["kv_cache"]
                                  else ""))
     sampled = ("" if f["n_kstep_sequences"] == f["n_eval_sequences"] else
-               f"on {f['n_kstep_sequences']} of the {f['n_eval_sequences']} held-out sequences, drawn at random; ")
+               f"on {f['n_kstep_sequences']:,} of the {f['n_eval_sequences']:,} held-out sequences, drawn at random; ")
     fit_on = " (on the belief-probe set: the evaluation set is too small)" if f["fit_on_belief_set"] else ""
     l2 = ", ".join(f"{x:g}" for x in f["l2_by_k"])
     return (f"held-out positions p whose token p+k lies in the context, {sampled}predictors scored by expected "
