@@ -89,8 +89,9 @@ def test_bayes_logits_chain_to_bayes(belief_result):
         assert r["belief_route_accuracy"] == pytest.approx(r["bayes_accuracy"], abs=1e-9)
         assert r["kl_bits"] < 1e-9
         assert r["baseline_accuracy"] <= r["probe_accuracy"] <= r["bayes_accuracy"] + 1e-12
-        if r["k"] <= 2:   # the logistic k-step probe on the exact belief gets close to Bayes (at k = 3 its
-            #              fixed l2 leaves it at half the gain: issue #14 item 5, a CV-chosen l2)
+        if r["k"] <= 2:   # the logistic k-step probe on the exact belief gets close to Bayes. At k = 3 the
+            # 146 fit sequences' labels are too noisy: fitted on the exact P* instead it reaches the full gain at
+            # every l2 in the grid, and on half the sequences >= 0.9 (test_kstep_probe_on_exact_beliefs_...)
             assert r["probe_gain"] > 0.9
         assert r["rollout_gain"] == pytest.approx(1.0, abs=1e-9)
     loss = belief_result["loss"]
@@ -157,3 +158,37 @@ def test_bad_input_is_one_line_errors(mess3):
         A.analyse(Stub(mess3, 4), mess3, horizon=4, random_init=None)
     with pytest.raises(TinyseqError, match="token values"):
         A.analyse(Stub(mess3, 4), tinyseq.process("even"), random_init=None)
+
+
+def _real_model(n_ctx):  # a small float64 transformer with weights far from init (so its predictions vary)
+    from tinyseq.nn.transformer import Transformer, TransformerConfig
+    m = Transformer(TransformerConfig(n_ctx=n_ctx, d_vocab=3), dtype=np.float64, seed=3)
+    m.params.data[...] += np.random.default_rng(0).standard_normal(m.params.data.shape) * 0.3
+    return m
+
+
+@pytest.mark.parametrize("which", ["stub", "transformer"])
+def test_continuation_tree_rollout_equals_the_chained_rollout(mess3, which):
+    """The sampled-set rollout (one continuation tree per prefix, shared by every k; the transformer's KV-cache
+    forward) against probes.rollout_kstep, which feeds every whole continuation once per k."""
+    from tinyseq import probes
+    T, n = 7, 12
+    model = Stub(mess3, T) if which == "stub" else _real_model(T)
+    tokens = np.random.default_rng(0).integers(0, 3, (n, T))
+    memo = {}
+    for k in range(1, 5):
+        seqs, pos = np.repeat(np.arange(n), T - k), np.tile(np.arange(T - k), n)
+        got = A._rollout_rows(model, SimpleNamespace(tokens=tokens), None, k, seqs, pos, 3, T, 0, 4, memo)
+        for s, p in zip(seqs, pos):
+            want = probes.rollout_kstep(lambda x: softmax(model.logits(x), np.float64), tokens[s:s + 1], p + 1, k,
+                                        3, T)
+            np.testing.assert_allclose(got[(seqs == s) & (pos == p)], want, atol=1e-13, rtol=0)
+
+
+def test_kstep_probe_on_exact_beliefs_reaches_bayes_with_enough_fit_sequences(mess3):
+    """Exact beliefs as features: the log-linear probe can draw the Bayes decision boundaries at every k (they
+    are linear in the belief), so with half of the 729 sequences to fit on it reaches >= 0.9 of the Bayes gain."""
+    rows = A.analyse(Stub(mess3, 6), mess3, horizon=3, random_init=None, frac_fit=0.5)["kstep"]
+    for r in rows:
+        assert r["probe_gain"] >= 0.9, (r["k"], r["probe_gain"], r["probe_l2"])
+        assert r["probe_l2"] in A.KSTEP_L2_GRID

@@ -305,3 +305,54 @@ def test_rollout_refuses_to_exceed_the_context():
     with pytest.raises(TinyseqError, match="context"):
         probes.rollout_kstep(bayes_next_token_fn(T), toks, 5, 3, V=2, n_ctx=6)  # needs 5 + 3 - 1 = 7 tokens
     probes.rollout_kstep(bayes_next_token_fn(T), toks, 4, 3, V=2, n_ctx=6)  # 6 tokens: fine
+
+
+def test_group_folds_keep_each_group_on_one_side():
+    groups = np.repeat(np.arange(23), 4)[np.random.default_rng(0).permutation(92)]
+    fold, k = probes.group_folds(groups, 5, seed=3)
+    assert k == 5
+    for g in range(23):
+        assert len(set(fold[groups == g])) == 1
+    assert sorted(np.bincount(fold, minlength=5) // 4) == [4, 4, 5, 5, 5]     # 23 groups: balanced folds
+
+
+def test_logistic_warm_start_reaches_the_same_optimum():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 4))
+    y = rng.integers(0, 3, 300)
+    W0, b0 = probes.fit_logistic(X, y, 3, l2=1.0, tol=1e-10)
+    W1, b1 = probes.fit_logistic(X, y, 3, l2=1e-2, tol=1e-10)
+    W2, b2 = probes.fit_logistic(X, y, 3, l2=1e-2, tol=1e-10, init=(W0, b0))
+    np.testing.assert_allclose(probes.predict_proba(X, W2, b2), probes.predict_proba(X, W1, b1), atol=1e-7)
+    assert not np.allclose(W0, W1, atol=1e-3)                                      # a genuinely different start
+
+
+def test_l2_cv_picks_the_weakest_l2_for_a_sharp_model_and_the_strongest_for_noise():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((2000, 3))
+    groups = np.arange(2000) // 10
+    sharp = np.eye(3)[np.argmax(X @ (8.0 * rng.standard_normal((3, 3))), axis=1)]  # labels a sharp function of X
+    l2, ce = probes.choose_l2_cv(X, sharp, 3, groups)
+    assert l2 == 1e-4 and ce.shape == (5,)
+    Xn = rng.standard_normal((60, 3))                                                # labels independent of X
+    noise = np.eye(3)[rng.integers(0, 3, 60)]
+    assert probes.choose_l2_cv(Xn, noise, 3, np.arange(60) // 3)[0] == 1.0
+
+
+def test_l2_cv_accuracy_scores_are_the_held_out_error_rates():
+    """Recomputed independently: per fold, each l2 fitted from zero (no warm start), error rate of the argmax."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((400, 3))
+    Y = probes.predict_proba(X, rng.standard_normal((3, 3)), np.zeros(3))           # soft labels
+    w, groups, grid = rng.random(400), np.arange(400) // 8, (1e-3, 1e-1, 10.0)
+    l2, err = probes.choose_l2_cv(X, Y, 3, groups, w, grid=grid, tol=1e-10, score="accuracy")
+    fold, k = probes.group_folds(groups)
+    wn = w / w.sum()
+    for i, g in enumerate(grid):
+        want = 0.0
+        for f in range(k):
+            W, b = probes.fit_logistic(X[fold != f], Y[fold != f], 3, w[fold != f], l2=g, tol=1e-10)
+            hit = Y[fold == f][np.arange((fold == f).sum()), (X[fold == f] @ W + b).argmax(axis=1)]
+            want += wn[fold == f] @ (1.0 - hit)
+        assert err[i] == pytest.approx(want, abs=1e-9)
+    assert l2 == max(g for g, e in zip(grid, err) if e == err.min())

@@ -295,3 +295,25 @@ def test_bad_tokens():
         model.logits(np.array([0, 1]))
     with pytest.raises(TinyseqError):
         model.logits(np.array([[-1, 1]]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the k-step rollout's continuation tree: one cell step per node from the parent's state
+@pytest.mark.parametrize("kind,n_layers,input,backend", [("rnn", 1, "onehot", "numpy"),
+                                                        ("gru", 2, "embedding", "numba"),
+                                                        ("lstm", 2, "embedding", "numpy"),
+                                                        ("lstm", 1, "onehot", "numba")])
+def test_continuation_logits_equal_the_full_forward(kind, n_layers, input, backend):
+    import itertools
+    cfg = RecurrentConfig(kind=kind, d_vocab=3, hidden=5, n_layers=n_layers, input=input, n_ctx=8)
+    m = Recurrent(cfg, dtype=np.float64, backend=backend)
+    m.params.data[...] += np.random.default_rng(1).standard_normal(m.params.data.shape) * 0.5
+    prefix = np.random.default_rng(2).integers(0, 3, (4, 5))
+    levels = m.continuation_logits(prefix, 3)
+    assert [z.shape for z in levels] == [(4, 3, 3), (4, 9, 3), (4, 27, 3)]
+    for j, got in enumerate(levels, start=1):
+        for i, c in enumerate(itertools.product(range(3), repeat=j)):
+            joined = np.concatenate([prefix, np.tile(c, (len(prefix), 1))], axis=1)
+            np.testing.assert_allclose(got[:, i], m.logits(joined)[:, -1], atol=1e-12, rtol=0)
+    with pytest.raises(TinyseqError, match="longer than the context"):
+        m.continuation_logits(prefix, 4)

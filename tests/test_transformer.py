@@ -2,6 +2,8 @@
 
 Loss is always sum(out * dout) with a *random* upstream gradient dout, in float64, on tiny shapes (STYLE.md).
 """
+import itertools
+
 import numpy as np
 import pytest
 
@@ -280,3 +282,26 @@ def test_every_model_checks_tokens_the_same_way(build, tokens, says):
     with pytest.raises(TinyseqError) as e:
         build().logits(tokens)
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the KV-cache forward of the k-step rollout: the same logits as the full forward on the joined sequence
+@pytest.mark.parametrize("dtype,backend,tol", [(np.float64, "numpy", 1e-12), (np.float64, "numba", 1e-12),
+                                               (np.float32, "numba", 1e-4)])
+def test_continuation_logits_equal_the_full_forward(dtype, backend, tol):
+    m = Transformer(TransformerConfig(n_ctx=9, d_vocab=3, n_layers=2, act_fn="gelu"), dtype=dtype, backend=backend)
+    m.params.data[...] += np.random.default_rng(1).standard_normal(m.params.data.shape).astype(dtype) * 0.5
+    rng = np.random.default_rng(2)
+    prefix = rng.integers(0, 3, (4, 5))                                              # t = 5, depth 3: 8 <= n_ctx
+    levels = m.continuation_logits(prefix, 3)
+    assert [z.shape for z in levels] == [(4, 3, 3), (4, 9, 3), (4, 27, 3)]
+    for j, got in enumerate(levels, start=1):
+        for i, c in enumerate(itertools.product(range(3), repeat=j)):                # lexicographic order
+            joined = np.concatenate([prefix, np.tile(c, (len(prefix), 1))], axis=1)
+            np.testing.assert_allclose(got[:, i], m.logits(joined)[:, -1], atol=tol, rtol=0)
+
+
+def test_continuation_logits_refuse_to_exceed_the_context():
+    m = Transformer(TransformerConfig(n_ctx=6, d_vocab=3))
+    with pytest.raises(TinyseqError, match="longer than the context"):
+        m.continuation_logits(np.zeros((2, 4), dtype=np.int64), 3)

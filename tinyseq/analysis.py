@@ -28,9 +28,13 @@ distribution after *every* prefix of every length. The model's own k-step margin
 forward pass: it is the sum over the k-1 generated tokens, folded one level of the tree at a time,
     q_k(x | s) = sum_c q(c | s) q_{k-1}(x | s c),
 which is the seed's f(a, b, c) == g(a)(b)(c): the model's next-token function, chained.
+On a sampled set the same fold runs on a small tree per prefix instead: its continuations of up to K-1 tokens
+(continuation_levels), which the transformer evaluates from the prefix's cached keys and values and a recurrent
+net from the prefix's hidden state (optional: a model may also provide .continuation_logits(prefix, depth)).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 
@@ -46,12 +50,15 @@ SAMPLE_SEQUENCES = 10_000    # size of a sampled evaluation set (and the least a
 ROWS_PER_FEATURE = 20        # an unregularised probe needs at least this many fit rows per activation dimension;
 #                              below it the belief probe moves to a large sampled set or picks a ridge by CV
 FORWARD_CHUNK = 4096         # sequences per forward pass
-KSTEP_L2 = 0.1               # logistic k-step probe: L2 on standardised features (dimensionless). Measured on mess3:
-#                              1e-4 lets the fit chase calibration through non-belief directions and costs up to
-#                              0.008 of accuracy at k = 5; 0.1 keeps it within 0.0005 of Bayes (exact beliefs: 0)
+KSTEP_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # logistic k-step probe: L2 on standardised features (dimensionless),
+#                              chosen per k by 5-fold CV of held-out accuracy (whole sequences) on the fit part;
+#                              it replaces a fixed 0.1 tuned on trained mess3 models
+KSTEP_CV_TOL = 1e-4          # the l2 cross-validation stops each fit at this gradient (the final fit: 1e-7); on
+#                              mess3 at n_ctx 40 the CV losses matched 1e-5's to 4 digits, at 60% of the time
 KSTEP_MAX_SEQUENCES = 500    # sampled sets: held-out sequences the k-step table uses (the rollouts dominate the cost)
 ROLLOUT_MAX_EXACT = 128      # sampled sets: exact rollout when vocab ** (k-1) <= this, else Monte Carlo
 ROLLOUT_SAMPLES = 32         # Monte Carlo continuations per prefix
+ROLLOUT_ROWS = 8192          # exact rollout: prefixes x longest continuations per forward pass
 RANDOM_INIT_MAX_SEQUENCES = 20_000  # the random-init control runs on at most this many sequences (a control
 #                              needs the order of magnitude, not the third digit; it saves most of a forward pass)
 PICTURE_POINTS = 20_000      # held-out rows shown in the simplex picture (uniform over rows: shows the geometry)
@@ -380,18 +387,54 @@ def tree_levels(tree_probs, V):  # (V^n, n, V) -> [None, (V, V), (V^2, V), ..., 
     return [None] + [tree_probs[::V ** (n - t), t - 1] for t in range(1, n + 1)]
 
 
-def tree_kstep(levels, t, k, V):  # -> (V^t, V) the model's k-step marginal after every prefix of length t
-    """q_k(x | s) = sum_c q(c | s) q_{k-1}(x | s c), folded from the deepest level up: exact, no sampling."""
+def tree_kstep(levels, t, k, V):  # -> (..., V^t, V) the model's k-step marginal after every prefix of length t
+    """q_k(x | s) = sum_c q(c | s) q_{k-1}(x | s c), folded from the deepest level up: exact, no sampling.
+    levels[s] may carry leading batch axes (..., V^s, V): one tree per row (see continuation_levels)."""
     if t + k - 1 >= len(levels):
         raise TinyseqError(f"a {k}-step rollout after {t} tokens needs {t + k - 1} tokens of context, more than "
                            f"the {len(levels) - 1} evaluated")
     R = levels[t + k - 1]                                              # (V^(t+k-1), V): k = 1 at the deepest prefix
     for s in range(t + k - 2, t - 1, -1):
-        R = np.einsum("pc,pcx->px", levels[s], R.reshape(V ** s, V, V))  # sum over the generated token c
+        R = np.einsum("...pc,...pcx->...px", levels[s], R.reshape(R.shape[:-2] + (V ** s, V, V)))  # sum over c
     return R
 
 
-def _rollout_rows(model, data, tree, k, seqs, pos, V, n_ctx, seed):
+def continuation_levels(model, prefix, depth, V):  # (B, t) int -> [(B, 1, V), (B, V, V), ..., (B, V^depth, V)]
+    """The model's next-token distribution after prefix + c for every continuation c of 0..depth tokens: the
+    levels of a small prefix tree rooted at each prefix (tree_levels' layout with a batch axis, root at 0).
+    One batch of the V^depth longest continuations holds every shorter one (the outputs along the way); a
+    model with continuation_logits (the transformer's KV-cache forward, the recurrent nets' cell step from the
+    parent's state) runs each node of the tree once; any other model runs the V^depth leaves whole."""
+    B, t = prefix.shape
+    root = softmax(model.logits(prefix)[:, t - 1], np.float64)[:, None]          # (B, 1, V)
+    if depth == 0:
+        return [root]
+    if hasattr(model, "continuation_logits"):
+        return [root] + [softmax(z, np.float64) for z in model.continuation_logits(prefix, depth)]
+    C = np.array(list(itertools.product(range(V), repeat=depth)), dtype=prefix.dtype)  # (V^depth, depth)
+    seqs = np.concatenate([np.repeat(prefix, len(C), axis=0), np.tile(C, (B, 1))], axis=1)
+    probs = softmax(model.logits(seqs)[:, t:].reshape(B, len(C), depth, V), np.float64)
+    # node c_1..c_j is the output after j continuation tokens of the first leaf below it
+    return [root] + [probs[:, ::V ** (depth - j), j - 1] for j in range(1, depth + 1)]
+
+
+def exact_rollout_depth(V, horizon):  # -> the largest k <= horizon rolled out exactly on a sampled set
+    return max(k for k in range(1, horizon + 1) if V ** (k - 1) <= ROLLOUT_MAX_EXACT)
+
+
+def _continuation_rollout(model, prefixes, k, V, depth, memo):  # (B, t) int -> (B, V)
+    """Exact k-step marginal after each prefix; the continuation trees of one prefix length are built once
+    (to `depth` - 1 generated tokens) and kept in memo for every k."""
+    t = prefixes.shape[1]
+    if t not in memo or not np.array_equal(memo[t][0], prefixes):
+        step = max(1, ROLLOUT_ROWS // V ** (depth - 1))                            # prefixes per forward
+        parts = [continuation_levels(model, prefixes[s:s + step], depth - 1, V)
+                 for s in range(0, len(prefixes), step)]
+        memo[t] = prefixes, [np.concatenate(lv) for lv in zip(*parts)]
+    return tree_kstep(memo[t][1], 0, k, V)[:, 0]
+
+
+def _rollout_rows(model, data, tree, k, seqs, pos, V, n_ctx, seed, horizon=None, memo=None):
     """(n, V) the model's own k-step marginal at each row (prefix = tokens[seq, :pos+1])."""
     out = np.empty((len(seqs), V))
     if tree is not None:
@@ -404,13 +447,29 @@ def _rollout_rows(model, data, tree, k, seqs, pos, V, n_ctx, seed):
     def next_token_fn(x):
         return softmax(model.logits(x), np.float64)
 
+    deepest = exact_rollout_depth(V, k if horizon is None else horizon)
+    memo = {} if memo is None else memo
     for t in np.unique(pos + 1):
         m = np.flatnonzero(pos + 1 == t)
         uniq, inv = np.unique(data.tokens[seqs[m], :t], axis=0, return_inverse=True)
-        q = probes.rollout_kstep(next_token_fn, uniq, t, k, V, n_ctx, max_exact=ROLLOUT_MAX_EXACT,
-                                 rng=np.random.default_rng((seed, 7, k, int(t))), n_samples=ROLLOUT_SAMPLES)
+        if k <= deepest:
+            q = _continuation_rollout(model, uniq, k, V, min(deepest, n_ctx - t), memo)
+        else:
+            q = probes.rollout_kstep(next_token_fn, uniq, t, k, V, n_ctx, max_exact=ROLLOUT_MAX_EXACT,
+                                     rng=np.random.default_rng((seed, 7, k, int(t))), n_samples=ROLLOUT_SAMPLES)
         out[m] = q[inv.reshape(-1)]
     return out
+
+
+def kstep_probe(X, soft, V, w, groups, seed=0):  # (N, D), (N, V), int, (N,), (N,) int -> W (D, V), b (V,), l2
+    """The logistic k-step probe fitted on every row, its l2 chosen by CV over whole sequences on the same rows
+    (probes.choose_l2_cv), scored by held-out accuracy: the table judges the probe by its argmax, and the l2
+    with the best held-out cross-entropy chases calibration at the argmax's expense (mess3, n_ctx 10: up to
+    0.0046 further from Bayes). The CV's fits stop at a looser gradient (KSTEP_CV_TOL)."""
+    l2, _ = probes.choose_l2_cv(X, soft, V, groups, w, grid=KSTEP_L2_GRID, seed=seed, tol=KSTEP_CV_TOL,
+                                score="accuracy")
+    W, b = probes.fit_logistic(X, soft, V, w, l2=l2)
+    return W, b, l2
 
 
 def kstep_accuracy(model, proc, data: EvalData, hook, belief_fit, horizon, tree=None, seed=0, fit_data=None):
@@ -425,7 +484,7 @@ def kstep_accuracy(model, proc, data: EvalData, hook, belief_fit, horizon, tree=
         eval_seq = np.sort(rng.choice(eval_seq, KSTEP_MAX_SEQUENCES, replace=False))
     feats = acts_features(data, data.acts, hook)
     fit_feats = acts_features(fit_data, fit_data.acts, hook)
-    rows = []
+    rows, memo = [], {}                                              # memo: continuation trees, shared by all k
     for k in range(1, horizon + 1):
         n_pos = T - k                                                # positions p whose token p + k is in the window
         ev = Rows(data, eval_seq, n_pos)                             # held-out rows, merged by prefix
@@ -440,7 +499,7 @@ def kstep_accuracy(model, proc, data: EvalData, hook, belief_fit, horizon, tree=
         base = probes.constant_baseline_accuracy(Pstar, w)
         bayes = probes.bayes_expected_accuracy(Pstar, w)
         # the model's own k-step marginal, by chaining its next-token predictions
-        Q = _rollout_rows(model, data, tree, k, ev.seqs, ev.pos, V, T, seed)
+        Q = _rollout_rows(model, data, tree, k, ev.seqs, ev.pos, V, T, seed, horizon, memo)
         roll = probes.expected_accuracy(Q.argmax(axis=1), Pstar, w)
         # logistic probe: activation at p -> token at p + k, fitted on every row of the fit sequences. Rows
         # sharing a prefix share the features, so they merge into one row whose soft label is the weighted
@@ -450,7 +509,7 @@ def kstep_accuracy(model, proc, data: EvalData, hook, belief_fit, horizon, tree=
         soft = np.zeros((len(fit.seqs), V))
         np.add.at(soft, (fit.inv, labels), fit.raw_w)
         soft /= np.where(fit.w > 0, fit.w, 1.0)[:, None]
-        Wl, bl = probes.fit_logistic(fit_feats(fit.seqs, fit.pos), soft, V, fit.w, l2=KSTEP_L2)
+        Wl, bl, l2 = kstep_probe(fit_feats(fit.seqs, fit.pos), soft, V, fit.w, fit.seqs, seed)
         Xe = feats(ev.seqs, ev.pos)
         Qp = probes.predict_proba(Xe, Wl, bl)
         probe_acc = probes.expected_accuracy(Qp.argmax(axis=1), Pstar, w)
@@ -460,11 +519,12 @@ def kstep_accuracy(model, proc, data: EvalData, hook, belief_fit, horizon, tree=
         gain = lambda a: probes.fraction_of_gain(a, base, bayes)  # noqa: E731
         rows.append({
             "k": k, "positions": n_pos, "n_rows": int(ev.n_raw), "n_prefixes": int(len(ev.seqs)),
+            "n_kstep_sequences": int(len(eval_seq)),
             "n_probe_fit_rows": int(fit.n_raw), "n_probe_fit_prefixes": int(len(fit.seqs)),
             "baseline_accuracy": base, "bayes_accuracy": bayes,
             "bayes_realised_accuracy": realised(Pstar.argmax(axis=1)),
             "rollout_accuracy": roll, "rollout_gain": gain(roll),
-            "probe_accuracy": probe_acc, "probe_gain": gain(probe_acc),
+            "probe_accuracy": probe_acc, "probe_gain": gain(probe_acc), "probe_l2": l2,
             "probe_realised_accuracy": realised(Qp.argmax(axis=1)),
             "belief_route_accuracy": route_acc, "belief_route_gain": gain(route_acc),
             "kl_bits": probes.kl_bits(Pstar, Q, w), "probe_kl_bits": probes.kl_bits(Pstar, Qp, w),
@@ -637,7 +697,7 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
                        "n_sequences": int(len(bdata.tokens)), "facts": bdata.facts},
         "belief_protocol_facts": _belief_protocol_facts(bdata, frac_fit, ridge, data, control),
         "belief_recovery": rows, "distances": dist, "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
-        "kstep_protocol_facts": _kstep_protocol_facts(data, kfit, khook, tree is not None),
+        "kstep_protocol_facts": _kstep_protocol_facts(data, kfit, khook, tree is not None, kst, model),
         "kstep": kst, "picture": picture(bdata, rows, fits, seed, points), "summary": headline(data, rows, kst),
         "seconds": time.perf_counter() - t_start, "timings": timings})
 
@@ -681,10 +741,12 @@ def _belief_protocol_facts(bdata, frac_fit, ridge, data, control) -> dict:
             "n_control_sequences": len(control[0].tokens) if control else 0, "n_sequences": len(bdata.tokens)}
 
 
-def _kstep_protocol_facts(data, fit_data, hook, exact_tree) -> dict:
+def _kstep_protocol_facts(data, fit_data, hook, exact_tree, rows, model) -> dict:
     return {"exact_tree": exact_tree, "rollout_max_exact": ROLLOUT_MAX_EXACT, "rollout_samples": ROLLOUT_SAMPLES,
             "hook": hook, "hook_label": hook_label(hook), "fit_on_belief_set": fit_data.tokens is not data.tokens,
-            "weighted": fit_data.weighted, "l2": KSTEP_L2}
+            "weighted": fit_data.weighted, "l2_grid": list(KSTEP_L2_GRID), "l2_by_k": [r["probe_l2"] for r in rows],
+            "n_eval_sequences": len(data.eval_seq), "n_kstep_sequences": rows[0]["n_kstep_sequences"],
+            "kv_cache": hasattr(model, "continuation_logits")}
 
 
 def _json_safe(obj):

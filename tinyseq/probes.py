@@ -16,10 +16,10 @@ writing it twice. `w=None` means uniform.
 Contents, in pipeline order:
     fit_affine / predict_affine              affine least-squares probe, optional ridge (intercept free)
     r2_score / mse / mse_by_coordinate / rmse
-    split_sequences / ridge_grid / choose_ridge_cv
+    split_sequences / ridge_grid / group_folds / choose_ridge_cv
                                              20%/80% split by sequence, ridge by k-fold CV
     pairwise_distance_r2                     do probed distances follow belief or next-token distances?
-    softmax_loss_grad / fit_logistic / predict_proba
+    softmax_loss_grad / fit_logistic / choose_l2_cv / predict_proba
                                              multinomial logistic regression (L-BFGS) for the k-step probe
     expected_accuracy / bayes_expected_accuracy / constant_baseline_accuracy / kl_bits / fraction_of_gain
     rollout_kstep                            the model's own k-step marginal by chaining its next-token output
@@ -193,6 +193,16 @@ def ridge_grid(n_values=9, lo=1e-6, hi=1e2):  # -> (1 + n_values,)
     return np.concatenate([[0.0], np.logspace(math.log10(lo), math.log10(hi), n_values)])
 
 
+def group_folds(groups, n_folds=5, seed=0):  # (N,) group id of each row -> fold (N,) int in 0..k-1, k
+    """Balanced folds made of whole groups (a sequence is never on both sides), seeded."""
+    uniq, gid = np.unique(np.asarray(groups), return_inverse=True)
+    k = min(n_folds, len(uniq))
+    if k < 2:
+        raise TinyseqError("cross-validation needs at least 2 sequences in the fit set")
+    fold_of_group = np.random.default_rng((seed, 1)).permutation(len(uniq)) % k  # (n_groups,) balanced folds
+    return fold_of_group[gid.reshape(-1)], k
+
+
 def choose_ridge_cv(X, Y, groups, w=None, grid=None, n_folds=5, seed=0):
     # (N, D), (N, S), (N,) int, (N,) -> best ridge float, cv_mse (len(grid),)
     """Ridge with the smallest K-fold cross-validated weighted MSE.
@@ -205,12 +215,7 @@ def choose_ridge_cv(X, Y, groups, w=None, grid=None, n_folds=5, seed=0):
     Y = np.asarray(Y, dtype=np.float64)
     grid = ridge_grid() if grid is None else np.asarray(grid, dtype=np.float64)
     w = _weights(w, X.shape[0])
-    uniq, gid = np.unique(np.asarray(groups), return_inverse=True)
-    k = min(n_folds, len(uniq))
-    if k < 2:
-        raise TinyseqError("ridge cross-validation needs at least 2 sequences in the fit set")
-    fold_of_group = np.random.default_rng((seed, 1)).permutation(len(uniq)) % k  # (n_groups,) balanced folds
-    fold = fold_of_group[gid]  # (N,)
+    fold, k = group_folds(groups, n_folds, seed)
     sse = np.zeros(len(grid))
     for f in range(k):
         tr, te = fold != f, fold == f
@@ -365,8 +370,8 @@ def _correlation(X, w, x_mean, x_scale, cols, chunk=16384):  # -> (L, L) for the
     return C
 
 
-def fit_logistic(X, y, V, w=None, l2=1e-4, max_iter=500, tol=1e-7):
-    # (N, D), (N,) int or (N, V), int, (N,) -> W (D, V), b (V,)
+def fit_logistic(X, y, V, w=None, l2=1e-4, max_iter=500, tol=1e-7, init=None):
+    # (N, D), (N,) int or (N, V), int, (N,), (W (D, V), b (V,)) or None -> W (D, V), b (V,)
     """Multinomial logistic regression: p(x | features) = softmax(features @ W + b), weighted, L2-regularised.
 
     The objective, on standardised features (weighted mean 0, std 1 per column; constant columns get weight 0,
@@ -376,9 +381,10 @@ def fit_logistic(X, y, V, w=None, l2=1e-4, max_iter=500, tol=1e-7):
     y: integer labels (N,) or target distributions (N, V) (soft labels give the same optimum as many
     sampled labels, without the sampling noise).
 
-    Method: L-BFGS (memory 10, Armijo backtracking) from zero, stopped when the largest gradient entry is below
-    `tol` or after `max_iter` iterations, in preconditioned coordinates. The loss's Hessian in W_std is about
-    C (x) (curvature ~ 1/V) + l2 I, with C the features' correlation matrix; with C = U diag(lam) U' and
+    Method: L-BFGS (memory 10, Armijo backtracking) from zero (or from `init`, a fit's raw W, b), stopped when
+    the largest gradient entry is below `tol` or after `max_iter` iterations, in preconditioned coordinates.
+    The loss's Hessian in W_std is about C (x) (curvature ~ 1/V) + l2 I, with C the features' correlation
+    matrix; with C = U diag(lam) U' and
     W_std = U diag(r) A, r = (lam / V + l2)^(-1/2), it is about the identity in A, so strongly correlated
     activations (the usual case) take tens of iterations, not hundreds. Same objective, same optimum: only the
     coordinates change. C costs one pass over X (N D^2); every iteration costs two (X @ W and X' @ G), done
@@ -411,9 +417,44 @@ def fit_logistic(X, y, V, w=None, l2=1e-4, max_iter=500, tol=1e-7):
         # forward was: W_std = P @ A  ->  dA = P' dW_std
         return loss + 0.5 * l2 * np.sum(W_std * W_std), np.concatenate([(P.T @ dW_std).ravel(), db])
 
-    theta = _lbfgs(fun, np.zeros(L * V + V), max_iter, tol)
+    theta0 = np.zeros(L * V + V)
+    if init is not None:  # raw W, b -> W_std = W * s, b_std = b + m W -> A = P^-1 W_std = sqrt(d) U' W_std
+        W_std0 = init[0][live] * x_scale[live, None]
+        theta0[:L * V] = ((U.T @ W_std0) * np.sqrt(lam / V + l2 + floor)[:, None]).ravel()
+        theta0[L * V:] = init[1] + x_mean @ init[0]
+    theta = _lbfgs(fun, theta0, max_iter, tol)
     _, W, b = raw(theta)
     return W, b
+
+
+def choose_l2_cv(X, y, V, groups, w=None, grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), n_folds=5, seed=0, tol=1e-7,
+                 score="cross_entropy"):
+    # (N, D), (N, V) soft labels, int, (N,) int, (N,) -> best l2 float, cv loss (len(grid),)
+    """fit_logistic's l2 with the smallest K-fold cross-validated loss, folds of whole groups (group_folds, as
+    choose_ridge_cv). score "cross_entropy": the weighted held-out cross-entropy (nats); "accuracy": the held-out
+    error rate of the argmax, 1 - sum_n w_n y_n[argmax p_n]. Within a fold the grid runs from the largest l2 down,
+    each fit warm-started from the previous one. Ties go to the larger l2 (the smoother probe)."""
+    if score not in ("cross_entropy", "accuracy"):
+        raise TinyseqError(f"score must be cross_entropy or accuracy, got {score!r}")
+    X, Y = np.asarray(X, dtype=np.float64), _targets(y, len(X), V)
+    w = _weights(w, len(X))
+    fold, k = group_folds(groups, n_folds, seed)
+    order = np.argsort(grid)[::-1]                                   # largest l2 first
+    loss = np.zeros(len(grid))
+    for f in range(k):
+        tr, te = fold != f, fold == f
+        if w[tr].sum() <= 0 or w[te].sum() <= 0:
+            continue
+        fit = None
+        for i in order:
+            fit = fit_logistic(X[tr], Y[tr], V, w[tr], l2=grid[i], tol=tol, init=fit)
+            logp = log_softmax(X[te] @ fit[0] + fit[1])              # (N_te, V)
+            if score == "cross_entropy":
+                loss[i] -= w[te] @ np.sum(Y[te] * logp, axis=1)
+            else:
+                loss[i] += w[te] @ (1.0 - Y[te][np.arange(len(logp)), logp.argmax(axis=1)])
+    best = order[int(np.argmin(loss[order]))]                        # first minimum in order: the larger l2
+    return float(grid[best]), loss
 
 
 def predict_proba(X, W, b):  # (N, D), (D, V), (V,) -> (N, V)

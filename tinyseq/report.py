@@ -209,13 +209,19 @@ def kstep_protocol(f: dict) -> str:
             "tokens, from one pass over every sequence)" if f["exact_tree"] else
             f"the model's k-step marginal is its next-token output chained over every intermediate sequence "
             f"when V^(k-1) <= {f['rollout_max_exact']}, else averaged over {f['rollout_samples']} sampled "
-            f"continuations")
+            f"continuations" + (" (each continuation runs from the prefix's cached state)" if f["kv_cache"]
+                                 else ""))
+    sampled = ("" if f["n_kstep_sequences"] == f["n_eval_sequences"] else
+               f"on {f['n_kstep_sequences']:,} of the {f['n_eval_sequences']:,} held-out sequences, drawn at random; ")
     fit_on = " (on the belief-probe set: the evaluation set is too small)" if f["fit_on_belief_set"] else ""
-    return (f"held-out positions p whose token p+k lies in the context; predictors scored by expected accuracy "
-            f"E[P*(predicted symbol)] under the exact k-step distribution; {roll}; logistic probe from "
+    l2 = ", ".join(f"{x:g}" for x in f["l2_by_k"])
+    return (f"held-out positions p whose token p+k lies in the context, {sampled}predictors scored by expected "
+            f"accuracy E[P*(predicted symbol)] under the exact k-step distribution; {roll}; logistic probe from "
             f"{f['hook_label']} ({f['hook']}) fitted on every row of the fit sequences{fit_on} "
-            f"({'probability-weighted' if f['weighted'] else 'unweighted'}; l2 {f['l2']:g}), labels = the actual "
-            f"token p+k; belief route = the belief probe of the same hook times the exact k-step map")
+            f"({'probability-weighted' if f['weighted'] else 'unweighted'}; l2 by 5-fold CV of held-out accuracy "
+            f"over whole sequences from {', '.join(f'{x:g}' for x in f['l2_grid'])}: {l2} for k = "
+            f"1..{len(f['l2_by_k'])}), labels = the actual token p+k; belief route = the belief probe of the same "
+            f"hook times the exact k-step map")
 
 
 def eval_set_line(a: dict) -> str:

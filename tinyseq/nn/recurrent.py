@@ -393,6 +393,34 @@ class Recurrent:
     def logits(self, tokens) -> np.ndarray:  # (B, T) -> (B, T, V)
         return self.forward(tokens)[0]
 
+    def continuation_logits(self, prefix, depth):  # (B, t) int, int -> [(B, V, V), (B, V^2, V), ..., (B, V^depth, V)]
+        """Logits after prefix + c for every continuation c of 1..depth tokens (level j: the V^j continuations
+        of length j in lexicographic order), as logits(concat(prefix, c))[:, -1]: the prefix runs once, then each
+        node of the continuation tree is one cell step from its parent's state (the state is all a recurrent
+        net carries), so the cost is B (V + ... + V^depth) steps instead of B V^depth (t + depth)."""
+        p, cfg, V = self.params, self.config, self.config.d_vocab
+        prefix = check_tokens(prefix, cfg)
+        if prefix.shape[1] + depth > cfg.n_ctx:
+            raise TinyseqError(f"a prefix of {prefix.shape[1]} tokens plus {depth} more is longer than the context "
+                               f"{cfg.n_ctx}")
+        _, cache = self.forward(prefix)
+        state = [(cache[f"l{k}"]["h"][:, -1], cache[f"l{k}"]["c"][:, -1] if cfg.kind == "lstm" else None)
+                 for k in range(cfg.n_layers)]                              # per layer (B*n, H) h and c (lstm)
+        B, levels = len(prefix), []
+        for j in range(1, depth + 1):
+            tokens = np.tile(np.arange(V), B * V ** (j - 1))[:, None]           # (B*V^j, 1) each node's last token
+            x = (self.ops.embedding_forward(p["embed.weight"], tokens) if cfg.input == "embedding"
+                 else np.eye(V, dtype=p.dtype)[tokens])                         # (B*V^j, 1, I)
+            for k, (h, c) in enumerate(state):
+                xp = self.ops.linear_forward(x, p[f"weight_ih_l{k}"].T, p[f"bias_ih_l{k}"])
+                st = self.loops.layer_forward(cfg.kind, xp, p[f"weight_hh_l{k}"], p[f"bias_hh_l{k}"],
+                                              np.repeat(h, V, axis=0), None if c is None else np.repeat(c, V, axis=0))
+                state[k] = (st["h"][:, 0], st["c"][:, 0] if cfg.kind == "lstm" else None)
+                x = st["h"]                                                     # (B*V^j, 1, H)
+            logits = self.ops.linear_forward(x[:, 0], p["readout.weight"].T, p["readout.bias"])
+            levels.append(logits.reshape(B, V ** j, V))
+        return levels
+
 
 def is_cell_state(hook_name: str) -> bool:
     """True for an LSTM cell-state hook (rnn.hook_c_l{k}): memory, not the state the readout sees."""

@@ -328,6 +328,50 @@ class Transformer:
     def logits(self, tokens):  # (B, T) int -> (B, T, V)
         return self.forward(tokens)[0]
 
+    def continuation_logits(self, prefix, depth):  # (B, t) int, int -> [(B, V, V), (B, V^2, V), ..., (B, V^depth, V)]
+        """Logits after prefix + c for every continuation c of 1..depth tokens (level j: the V^j continuations
+        of length j in lexicographic order): the numbers of logits(concat(prefix, c))[:, -1] up to float rounding,
+        from a KV-cache forward over the tree of continuations. The prefix runs once; then, level by level, each
+        new token attends to the prefix's cached keys and values and to those of its own ancestors, so the cost
+        is B (V + V^2 + ... + V^depth) new tokens instead of B V^depth (t + depth)."""
+        ops, P, cfg, V = self.ops, self.params, self.config, self.config.d_vocab
+        prefix = check_tokens(prefix, cfg)
+        B, t = prefix.shape
+        if t + depth > cfg.n_ctx:
+            raise TinyseqError(f"a prefix of {t} tokens plus {depth} more is longer than the context {cfg.n_ctx}")
+        _, cache = self.forward(prefix)
+        kv = [[(cache[f"blocks.{l}.attn.hook_k"][:, None], cache[f"blocks.{l}.attn.hook_v"][:, None])]
+              for l in range(cfg.n_layers)]                       # per layer, per level: (B, 1 or V^j, NH, ., HS)
+        levels = []
+        for j in range(1, depth + 1):
+            x = P["embed.W_E"][np.arange(V ** j) % V] + P["pos_embed.W_pos"][t + j - 1]  # (V^j, C) last token
+            x = np.broadcast_to(x, (B,) + x.shape).reshape(B * V ** j, 1, cfg.d_model)  # (B*V^j, 1, C) a copy
+            for l in range(cfg.n_layers):
+                x = self._tree_block(l, x, kv[l])
+            xf = self._norm_forward("ln_final", x, {})
+            levels.append(ops.linear_forward(xf, P["unembed.W_U"], P["unembed.b_U"]).reshape(B, V ** j, V))
+        return levels
+
+    def _tree_block(self, l, x, kv):  # (B*n, 1, C), [prefix (k, v), level 1 (k, v), ...] -> (B*n, 1, C)
+        """_block_forward for the n = V^j tokens of level j of the continuation tree; appends their keys and
+        values to kv. Node i of level j has the ancestor i // V^(j-d) at level d."""
+        ops, P, p, NH, V = self.ops, self.params, f"blocks.{l}", self.config.n_heads, self.config.d_vocab
+        h = self._norm_forward(f"{p}.ln1", x, {})
+        qkv = ops.linear_forward(h, *self._qkv_gather(l))                  # (B*n, 1, 3*NH*HS)
+        B = kv[0][0].shape[0]
+        q, k, v = (a.reshape((B, -1) + a.shape[1:]) for a in split_qkv(qkv, NH))  # (B, n, NH, 1, HS)
+        kv.append((k, v))
+        j, n = len(kv) - 1, k.shape[1]
+        anc = [np.arange(n) // V ** (j - d) for d in range(1, j + 1)]    # ancestor at level d (itself at d = j)
+        k_path = np.concatenate([kv[d][0][:, a] for d, a in enumerate(anc, start=1)], axis=-2)  # (B, n, NH, j, HS)
+        v_path = np.concatenate([kv[d][1][:, a] for d, a in enumerate(anc, start=1)], axis=-2)
+        z = tree_attention(q, kv[0][0], kv[0][1], k_path, v_path)           # (B, n, NH, 1, HS)
+        zm = merge_heads(z.reshape((-1,) + z.shape[2:]))                     # (B*n, 1, NH*HS)
+        x = ops.linear_residual_forward(zm, self._W_O(l), P[f"{p}.attn.b_O"], x)
+        h = self._norm_forward(f"{p}.ln2", x, {})
+        _, post = ops.linear_act_forward(h, P[f"{p}.mlp.W_in"], P[f"{p}.mlp.b_in"], self._act)
+        return ops.linear_residual_forward(post, P[f"{p}.mlp.W_out"], P[f"{p}.mlp.b_out"], x)
+
     def activations(self, tokens):  # (B, T) int -> {hook name: (B, T, C)} in pipeline order
         """The residual stream at TransformerLens hook points: blocks.0.hook_resid_pre (embeddings), then
         blocks.{l}.hook_resid_mid / hook_resid_post per block, then ln_final.hook_normalized (if LayerNorm)."""
@@ -346,6 +390,17 @@ def split_qkv(qkv, n_heads):  # (B, T, 3*NH*HS) -> q, k, v views (B, NH, T, HS),
     B, T, D = qkv.shape
     heads = qkv.reshape(B, T, 3, n_heads, D // (3 * n_heads)).transpose(2, 0, 3, 1, 4)   # (3, B, NH, T, HS)
     return heads[0], heads[1], heads[2]
+
+
+def tree_attention(q, k_pre, v_pre, k_path, v_path):
+    # (..., NH, 1, HS), (..., NH, t, HS) x2, (..., NH, j, HS) x2 -> (..., NH, 1, HS)
+    """One new query per node over the t prefix keys and the j keys of its path (ancestors and itself): all
+    earlier positions, so nothing is masked."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = np.concatenate([q @ k_pre.swapaxes(-1, -2), q @ k_path.swapaxes(-1, -2)], axis=-1) * scale
+    att = numpy_ops.softmax(scores)                                      # (..., NH, 1, t + j)
+    t = k_pre.shape[-2]
+    return att[..., :t] @ v_pre + att[..., t:] @ v_path
 
 
 def join_qkv(dq, dk, dv):  # (B, NH, T, HS) x3 -> (B, T, 3*NH*HS), the layout of split_qkv's input
