@@ -55,6 +55,9 @@ KSTEP_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # logistic k-step probe: L2 on st
 #                              it replaces a fixed 0.1 tuned on trained mess3 models
 KSTEP_CV_TOL = 1e-4          # the l2 cross-validation stops each fit at this gradient (the final fit: 1e-7); on
 #                              mess3 at n_ctx 40 the CV losses matched 1e-5's to 4 digits, at 60% of the time
+KSTEP_CV_MAX_ROWS = 6000     # the l2 CV runs on the rows of a seeded random subset of whole fit sequences holding
+#                              at most this many rows (the final probe is fitted on every row); it chooses the same
+#                              l2 on mess3 and keeps the demo's k-step stage at ~0.5 s instead of ~2 s
 KSTEP_MAX_SEQUENCES = 500    # sampled sets: held-out sequences the k-step table uses (the rollouts dominate the cost)
 ROLLOUT_MAX_EXACT = 128      # sampled sets: exact rollout when vocab ** (k-1) <= this, else Monte Carlo
 ROLLOUT_SAMPLES = 32         # Monte Carlo continuations per prefix
@@ -465,11 +468,22 @@ def kstep_probe(X, soft, V, w, groups, seed=0):  # (N, D), (N, V), int, (N,), (N
     """The logistic k-step probe fitted on every row, its l2 chosen by CV over whole sequences on the same rows
     (probes.choose_l2_cv), scored by held-out accuracy: the table judges the probe by its argmax, and the l2
     with the best held-out cross-entropy chases calibration at the argmax's expense (mess3, n_ctx 10: up to
-    0.0046 further from Bayes). The CV's fits stop at a looser gradient (KSTEP_CV_TOL)."""
-    l2, _ = probes.choose_l2_cv(X, soft, V, groups, w, grid=KSTEP_L2_GRID, seed=seed, tol=KSTEP_CV_TOL,
-                                score="accuracy")
+    0.0046 further from Bayes). The CV's fits stop at a looser gradient (KSTEP_CV_TOL), on at most
+    KSTEP_CV_MAX_ROWS rows of whole sequences."""
+    cv = _cv_rows(groups, KSTEP_CV_MAX_ROWS, seed)
+    l2, _ = probes.choose_l2_cv(X[cv], soft[cv], V, groups[cv], w[cv], grid=KSTEP_L2_GRID, seed=seed,
+                                tol=KSTEP_CV_TOL, score="accuracy")
     W, b = probes.fit_logistic(X, soft, V, w, l2=l2)
     return W, b, l2
+
+
+def _cv_rows(groups, max_rows, seed):  # (N,) group ids -> row indices of a random subset of whole groups
+    if len(groups) <= max_rows:
+        return np.arange(len(groups))
+    ids, counts = np.unique(groups, return_counts=True)
+    order = np.random.default_rng((seed, 19)).permutation(len(ids))
+    keep = ids[order[:max(2, int(np.searchsorted(np.cumsum(counts[order]), max_rows)))]]
+    return np.flatnonzero(np.isin(groups, keep))
 
 
 def kstep_accuracy(model, proc, data: EvalData, hook, belief_fit, horizon, tree=None, seed=0, fit_data=None):
@@ -744,7 +758,7 @@ def _belief_protocol_facts(bdata, frac_fit, ridge, data, control) -> dict:
 def _kstep_protocol_facts(data, fit_data, hook, exact_tree, rows, model) -> dict:
     return {"exact_tree": exact_tree, "rollout_max_exact": ROLLOUT_MAX_EXACT, "rollout_samples": ROLLOUT_SAMPLES,
             "hook": hook, "hook_label": hook_label(hook), "fit_on_belief_set": fit_data.tokens is not data.tokens,
-            "weighted": fit_data.weighted, "l2_grid": list(KSTEP_L2_GRID), "l2_by_k": [r["probe_l2"] for r in rows],
+            "weighted": fit_data.weighted, "l2_grid": list(KSTEP_L2_GRID), "l2_cv_max_rows": KSTEP_CV_MAX_ROWS, "l2_by_k": [r["probe_l2"] for r in rows],
             "n_eval_sequences": len(data.eval_seq), "n_kstep_sequences": rows[0]["n_kstep_sequences"],
             "kv_cache": hasattr(model, "continuation_logits")}
 

@@ -219,7 +219,8 @@ def kstep_protocol(f: dict) -> str:
             f"accuracy E[P*(predicted symbol)] under the exact k-step distribution; {roll}; logistic probe from "
             f"{f['hook_label']} ({f['hook']}) fitted on every row of the fit sequences{fit_on} "
             f"({'probability-weighted' if f['weighted'] else 'unweighted'}; l2 by 5-fold CV of held-out accuracy "
-            f"over whole sequences from {', '.join(f'{x:g}' for x in f['l2_grid'])}: {l2} for k = "
+            f"over whole sequences (at most {f.get('l2_cv_max_rows', 0):,} rows of them) from "
+            f"{', '.join(f'{x:g}' for x in f['l2_grid'])}: {l2} for k = "
             f"1..{len(f['l2_by_k'])}), labels = the actual token p+k; belief route = the belief probe of the same "
             f"hook times the exact k-step map")
 
