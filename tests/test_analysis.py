@@ -192,3 +192,21 @@ def test_kstep_probe_on_exact_beliefs_reaches_bayes_with_enough_fit_sequences(me
     for r in rows:
         assert r["probe_gain"] >= 0.9, (r["k"], r["probe_gain"], r["probe_l2"])
         assert r["probe_l2"] in A.KSTEP_L2_GRID
+
+
+def test_components_count_the_dimensions_of_the_data():
+    rng = np.random.default_rng(3)
+    beliefs = rng.dirichlet(np.ones(3), size=4000)                       # a 2-dimensional simplex
+    X = beliefs @ rng.standard_normal((3, 16)) + 5.0                     # embedded affinely in 16 dimensions
+    assert A.components_for(X, np.ones(len(X)))[-1] == 2                 # 99% of the variance in S - 1 = 2 axes
+    line = np.outer(rng.standard_normal(4000), rng.standard_normal(16))  # one direction only
+    assert A.components_for(line, np.ones(4000)) == [1, 1, 1]
+    noise = rng.standard_normal((4000, 16))                              # isotropic: nearly every axis
+    assert A.components_for(noise, np.ones(4000))[0] >= 13
+
+
+def test_dimensions_table_of_belief_activations(belief_result):
+    dims = {d["hook"]: d for d in belief_result["dimensions"]}
+    assert dims["belief"]["components"][-1] <= belief_result["states"] - 1   # the exact belief: S - 1 axes
+    assert dims["belief"]["random_init_components"] is not None
+    assert "How many dimensions each layer uses" in report.probe_report(belief_result, "PICTURE")

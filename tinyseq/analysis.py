@@ -642,6 +642,37 @@ def random_init_control(model, bdata, random_init="auto", seed=0):
     return cdata, acts
 
 
+DIM_FRACTIONS = (0.90, 0.95, 0.99)   # the dimensions table: components that explain these shares of the variance
+
+
+def components_for(X, w, fractions=DIM_FRACTIONS) -> list[int]:  # (N, D), (N,) -> [count per fraction]
+    """How many principal components of the rows X (weighted by w) explain each fraction of their variance."""
+    w = w / w.sum()
+    Xc = X - w @ X                                                  # weighted centring
+    ev = np.clip(np.linalg.eigvalsh((Xc * w[:, None]).T @ Xc)[::-1], 0.0, None)   # (D,) largest first
+    if ev.sum() <= 0:
+        return [0 for _ in fractions]
+    share = np.cumsum(ev) / ev.sum()
+    return [int(np.searchsorted(share, f - 1e-12) + 1) for f in fractions]
+
+
+def dimensions(data, control=None) -> list[dict]:
+    """Stage 5b: per hook, the principal components of its held-out activations needed for 90 / 95 / 99% of
+    their variance, next to the same for the random-init network (S - 1 is the belief simplex's dimension)."""
+    ev = _heldout_rows(data)
+    rows = []
+    for h in list(data.hooks) + ([CONCAT] if len(data.hooks) > 1 else []):
+        X = acts_features(data, data.acts, h)(ev.seqs, ev.pos)
+        row = {"hook": h, "label": hook_label(h), "width": int(X.shape[1]), "fractions": list(DIM_FRACTIONS),
+               "components": components_for(X, ev.w), "random_init_components": None}
+        if control is not None and (h == CONCAT or h in control[1]):
+            cev = _heldout_rows(control[0])
+            row["random_init_components"] = components_for(
+                acts_features(control[0], control[1], h)(cev.seqs, cev.pos), cev.w)
+        rows.append(row)
+    return rows
+
+
 def picture(bdata, rows, fits, seed=0, points=False) -> dict:
     """Stage 7: the simplex picture: held-out prefixes' exact beliefs and where the best probe puts them."""
     best = min((r for r in rows if r["control"] is None), key=lambda r: r["mse"])
@@ -696,6 +727,7 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
         control = random_init_control(model, bdata, random_init, seed)
     with clock("belief_probes"):
         rows, fits = belief_recovery(process, bdata, control, ridge, seed)
+        dims = dimensions(bdata, control)
     _note_wide_probes(bdata, data, rows)
     ranks = B.observability_ranks(process)
     dist = distances(process, bdata, fits, seed) if ranks["next_token"] < process.n_states else None
@@ -710,7 +742,7 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
         "belief_set": {"kind": bdata.kind, "same_sequences_as_eval_set": bdata.tokens is data.tokens,
                        "n_sequences": int(len(bdata.tokens)), "facts": bdata.facts},
         "belief_protocol_facts": _belief_protocol_facts(bdata, frac_fit, ridge, data, control),
-        "belief_recovery": rows, "distances": dist, "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
+        "belief_recovery": rows, "dimensions": dims, "distances": dist, "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
         "kstep_protocol_facts": _kstep_protocol_facts(data, kfit, khook, tree is not None, kst, model),
         "kstep": kst, "picture": picture(bdata, rows, fits, seed, points), "summary": headline(data, rows, kst),
         "seconds": time.perf_counter() - t_start, "timings": timings})

@@ -281,6 +281,22 @@ def belief_table(a: dict, verbose: bool = False) -> str:
     return "\n".join(out)
 
 
+def dimensions_table(a: dict) -> str:
+    """Principal components per hook for 90 / 95 / 99% of the variance, trained and at random init."""
+    dims = a.get("dimensions")
+    if not dims:
+        return ""
+    pct = [f"{round(100 * f)}%" for f in dims[0]["fractions"]]
+    has_init = any(d["random_init_components"] for d in dims)
+    body = [[d["label"], d["width"]] + d["components"]
+            + ((d["random_init_components"] or ["-"] * len(pct)) if has_init else []) for d in dims]
+    headers = ["activations", "width"] + pct + ([f"init {p}" for p in pct] if has_init else [])
+    table = tabulate(body, headers=headers, colalign=("left",) + ("right",) * (len(headers) - 1))
+    return (headed("How many dimensions each layer uses: principal components of its held-out activations that "
+                   f"explain 90 / 95 / 99% of their variance; the belief simplex has {a['states'] - 1} dimensions"
+                   + (" ('init': the same for the random-init network)." if has_init else "."), table))
+
+
 def distance_table(a: dict) -> str:
     d = a.get("distances")
     if not d:
@@ -328,6 +344,8 @@ def probe_report(a: dict, picture_text: str | None = None, verbose: bool = False
     """Everything `tinyseq probe` prints, in reading order (a: analyse()'s result, with or without describe())."""
     a = _described(a)
     parts = [eval_set_line(a), loss_line(a), "", belief_table(a, verbose)]
+    if dimensions_table(a):
+        parts += ["", dimensions_table(a)]
     dist = distance_table(a)
     if dist:
         parts += ["", dist]
