@@ -727,6 +727,7 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
         control = random_init_control(model, bdata, random_init, seed)
     with clock("belief_probes"):
         rows, fits = belief_recovery(process, bdata, control, ridge, seed)
+    with clock("dimensions"):
         dims = dimensions(bdata, control)
     _note_wide_probes(bdata, data, rows)
     ranks = B.observability_ranks(process)

@@ -152,10 +152,8 @@ class LiveView:
     def status(self, ev, mse: float, n_held: int) -> list[str]:
         """The two lines above the picture: where training is, and what the probe reads."""
         _, where = budget_used(ev)
-        text = f"{where}  {self.progress.rate / 1e3:.1f}k tok/s  loss {self.progress.loss:.4f}"
-        gap = self.progress.gap
-        if gap is not None:
-            text += f"  gap {gap['gap_nats']:.5f} nats ({gap['gap_percent']:.2f}%) @{gap['step']}"
+        text = (f"{where}  {self.progress.rate / 1e3:.1f}k tok/s  loss {self.progress.loss:.4f}"
+                + self.progress.gap_text())
         return [text, f"probe MSE {mse:.2e} on {n_held} held-out sequences "
                       f"(mean-belief guess {self.probe_set.baseline_mse:.2e})"]
 

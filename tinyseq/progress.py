@@ -44,10 +44,12 @@ class Progress:
     def line(self, ev) -> str:
         done, where = budget_used(ev)
         bar = "#" * int(20 * done) + "-" * (20 - int(20 * done))
-        text = f"{where} [{bar}] {self.rate / 1e3:6.1f}k tok/s  loss {self.loss:.4f}"
-        if self.gap is not None:
-            text += f"  gap {self.gap['gap_nats']:.5f} nats ({self.gap['gap_percent']:.2f}%) @{self.gap['step']}"
-        return text
+        return f"{where} [{bar}] {self.rate / 1e3:6.1f}k tok/s  loss {self.loss:.4f}" + self.gap_text()
+
+    def gap_text(self) -> str:
+        """The last evaluation's gap to the floor, as the bar and the live view show it ("" before one)."""
+        g = self.gap
+        return "" if g is None else f"  gap {g['gap_nats']:.5f} nats ({g['gap_percent']:.2f}%) @{g['step']}"
 
     def observe(self, ev) -> None:
         """Fold one "step" event into the smoothed rate and loss."""
