@@ -434,7 +434,9 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
 @click.option("--grid", default=None, metavar="VARIANTS",
               help="Comma-separated ARCH:OBJECTIVE, ARCH one of transformer, rnn, gru, lstm; OBJECTIVE ntp, "
                    "myopia=M or mtp=N [default: transformer:ntp,transformer:myopia=0,transformer:myopia=1,"
-                   "transformer:myopia=3,transformer:mtp=2,transformer:mtp=4,gru:ntp,gru:myopia=0,gru:myopia=1].")
+                   "transformer:myopia=3,transformer:mtp=2,transformer:mtp=4,gru:ntp,gru:myopia=0,gru:myopia=1; for "
+                   "pathstar: transformer:ntp,transformer:reverse,transformer:teacherless,transformer:mtp=2,gru:ntp,"
+                   "gru:reverse].")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per variant (0..N-1).")
 @click.option("--steps-per-run", "steps", type=int, default=None,
               help="Steps of training per run, equal for every variant whatever the machine's load [default: per "
@@ -474,11 +476,11 @@ def compare_cmd(process_specs, grid, seeds, steps, seconds, workers, threads, ho
         fail(f"--time-per-run must be a positive number of seconds, got {seconds:g}")
     if steps is not None and steps < 1:
         fail(f"--steps-per-run must be a positive integer, got {steps}")
-    variants = compare.parse_grid(grid if grid is not None else compare.DEFAULT_GRID)
     procs = [tinyseq.process(spec) for spec in (process_specs or ("mess3",))]
+    grids = [compare.parse_grid(grid if grid is not None else compare.default_grid(p)) for p in procs]
     outs = runs.compare_outs(procs, out)
     results = []
-    for proc, where in zip(procs, outs):
+    for proc, variants, where in zip(procs, grids, outs):
         progress = compare_progress(where, lambda text: click.echo(text, err=True))
         results.append(compare.run_grid(proc, variants, seeds=seeds, seconds=seconds, steps=steps, workers=workers,
                                         threads_per_run=threads, out=where, horizon=horizon, dask=dask,

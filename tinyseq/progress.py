@@ -120,8 +120,9 @@ def compare_progress(out, echo):
                 msg += f": about {rounds * (ev['seconds'] + 8) / 60:.0f} min"
             echo(msg)
         elif kind == "finished":
-            echo(f"[{ev['done']}/{ev['runs']}] {ev['variant']} seed {ev['seed']}: gap {ev['gap_nats']:.2e} "
-                 f"nats ({ev['seconds']:.0f} s)")
+            what = (f"exact match {ev['exact_match']:.3f}" if ev.get("exact_match") is not None
+                    else f"gap {ev['gap_nats']:.2e} nats")
+            echo(f"[{ev['done']}/{ev['runs']}] {ev['variant']} seed {ev['seed']}: {what} ({ev['seconds']:.0f} s)")
         elif kind == "failed":
             echo(f"{ev['variant']} seed {ev['seed']} failed: {ev['error']}")
     return progress

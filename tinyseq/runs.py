@@ -105,6 +105,13 @@ def prepare_out(out: str, overwrite: bool) -> str:
     return out
 
 
+def same_process(a, b) -> bool:
+    """The same hidden Markov process (same T, whatever its name) or the same path-star task."""
+    if hasattr(a, "T") and hasattr(b, "T"):
+        return a.T.shape == b.T.shape and bool((a.T == b.T).all())
+    return a.to_spec() == b.to_spec()
+
+
 RESUME_CHANGEABLE = ("threads", "backend", "eval_every", "checkpoint_every")   # may differ on --resume
 
 
@@ -122,7 +129,7 @@ def resume_run(resume, process_spec, kind, preset, out, given_model, given_train
         raise TinyseqError(f"the run in {folder} already finished ({state.step} steps); start a new one with --out")
     if process_spec is not None:
         given = tinyseq.process(process_spec)
-        if given.T.shape != proc.T.shape or not (given.T == proc.T).all():
+        if not same_process(given, proc):
             raise TinyseqError(f"the run in {folder} was trained on {proc.label}, not {given.label}: drop --process")
     if kind is not None and kind != model_kind(model):
         raise TinyseqError(f"the run in {folder} is a {model_kind(model)}, not a {kind}: drop --model")
