@@ -399,8 +399,8 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
     """
     _check_png(png)
     given_model = {k: v for k, v in model_options.items() if v is not None}
+    task = _is_task(tinyseq.process(process_spec))     # path-star: paths and the plan instead of beliefs
     proc, model, config, out = runs.demo_run(process_spec, kind, seconds, seed, threads, given_model, horizon, out)
-    task = _is_task(proc)                  # path-star: paths and the plan instead of beliefs
     if not as_json:
         click.echo(report.task_report(pathstar.task_facts(proc)) if task else
                    report.demo_intro(runs.demo_facts(proc, model.config.n_ctx)))
