@@ -313,6 +313,37 @@ def distance_table(a: dict) -> str:
                    f"drawn by probability."))
 
 
+def in_context_table(a: dict) -> str:
+    """Mixtures: the loss by position against h(L) and each component's h_k(L), then the posterior by position."""
+    c = a.get("in_context")
+    if not c:
+        return ""
+    K = len(c["components"])
+    names = "; ".join(f"h_{k + 1}: {lab} (weight {w:g})" for k, (lab, w) in enumerate(zip(c["components"],
+                                                                                         c["weights"])))
+    body = [[p["position"], f"{p['loss_nats']:.5f}", f"{p['floor_nats']:.5f}",
+             _pct(p["gap_nats"] / p["floor_nats"]) if p["floor_nats"] > 0 else "-"]
+            + ([f"{h:.5f}" for h in p["component_floors_nats"]] if p["component_floors_nats"] else ["-"] * K)
+            for p in c["by_position"]]
+    headers = ["L", "loss", "h(L)", "gap"] + [f"h_{k + 1}(L)" for k in range(K)]
+    loss = fitted_table(body, headers, ("right",) * len(headers))
+    init = any(p["random_init_mse"] is not None for p in c["posterior"])
+    body = [[p["tokens_read"], f"{p['entropy_nats']:.4f}", f"{p['true_component_posterior']:.4f}",
+             _sci(p["probe_mse"]), "-" if p["probe_r2"] is None else f"{p['probe_r2']:.4f}", _sci(p["spread_mse"])]
+            + ([_sci(p["random_init_mse"])] if init else []) for p in c["posterior"]]
+    headers = ["t", "H(C|x)", "P(true)", "MSE", "R^2", "spread"] + (["MSE init"] if init else [])
+    post = tabulate(body, headers=headers, colalign=("right",) * len(headers))
+    return "\n".join([
+        headed("Learning in context: each sequence comes from one component of the mixture, so the floor h(L) "
+               "keeps falling as the tokens reveal which one. The loss at position L next to h(L) (gap: % of "
+               "h(L)) and next to each component's own floor h_k(L), that component alone.", loss),
+        wrap(names), "",
+        headed(f"The posterior over components after t tokens: its exact entropy H(C|x) (nats) and the mean "
+               f"posterior of the true component, then an affine probe from {c['hook_label']} to it, scored on "
+               f"held-out rows (MSE per coordinate; spread: the MSE of always answering that position's mean"
+               + ("; init: the same probe at random init)." if init else ")."), post)])
+
+
 def kstep_table(a: dict, verbose: bool = False) -> str:
     a = _described(a)
     rows = a["kstep"]
@@ -346,6 +377,8 @@ def probe_report(a: dict, picture_text: str | None = None, verbose: bool = False
     parts = [eval_set_line(a), loss_line(a), "", belief_table(a, verbose)]
     if dimensions_table(a):
         parts += ["", dimensions_table(a)]
+    if in_context_table(a):
+        parts += ["", in_context_table(a)]
     dist = distance_table(a)
     if dist:
         parts += ["", dist]
