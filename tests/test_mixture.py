@@ -183,7 +183,7 @@ def test_the_posterior_probe_reads_the_posterior_from_the_belief(stub_result):
         assert p["entropy_nats"] == pytest.approx(exact["entropy_nats"][t + 1], abs=1e-12)
         assert p["true_component_posterior"] == pytest.approx(exact["true_component_posterior"][t + 1], abs=1e-12)
         assert p["probe_mse"] < 1e-15                          # the posterior is linear in the belief
-    assert post[0]["spread_mse"] < 1e-15                       # mess3's first token says nothing: all 1/2
+    assert post[0]["spread_mse"] < 1e-15 and post[0]["probe_r2"] is None   # the first token says nothing: all 1/2
     assert post[-1]["spread_mse"] > 1e-3 and post[-1]["probe_r2"] > 1 - 1e-9
     text = report.in_context_table(a)
     assert "Learning in context" in text and "h_2(L)" in text and "mess3:x=0.15,a=0.6 (weight 0.5)" in text
@@ -249,3 +249,15 @@ def test_a_stated_start_must_be_stationary():
         make_process(T, init=[1, 0, 0, 0, 0, 0])
     with pytest.raises(TinyseqError, match="sums to 0.5"):
         make_process(T, init=[0.5 / 6] * 6)
+
+
+def test_process_show_prints_the_mixture_facts():
+    spec = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                        "two_mess3_mixture.json")
+    r = cli_in_process(["process", "show", spec, "--depth", "5", "--json"])
+    assert r.returncode == 0, r.stderr
+    f = json.loads(r.stdout)["mixture"]
+    assert f["components"] == ["mess3:x=0.05,a=0.85", "mess3:x=0.15,a=0.6"]
+    assert np.allclose(f["myopic_entropy_nats"], B.myopic_entropies(tinyseq.process(TWO_MESS3), 5), atol=1e-12)
+    r = cli_in_process(["process", "show", spec, "--depth", "5"])
+    assert r.returncode == 0 and "H(C|x)" in r.stdout and "h_2(L)" in r.stdout

@@ -71,6 +71,8 @@ RANDOM_INIT_MAX_SEQUENCES = 20_000  # the random-init control runs on at most th
 PICTURE_POINTS = 20_000      # held-out rows shown in the simplex picture (uniform over rows: shows the geometry)
 DISTANCE_PAIRS = 20_000      # pairs drawn for the pairwise-distance analysis
 DEFAULT_HORIZON = 5
+POSTERIOR_SPREAD_MIN = 1e-12  # a position whose posterior over components varies less than this (per coordinate,
+#                              squared) has no R^2: e.g. after mess3's first token, which says nothing, all 1/2
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -719,8 +721,8 @@ def posterior_probe(proc, data, acts, hook) -> list[dict]:
         m = ev.pos == t
         w = ev.w[m] / ev.w[m].sum()
         spread = probes.mse(Ye[m], np.broadcast_to(w @ Ye[m], Ye[m].shape), w)
-        out.append({"mse": probes.mse(Ye[m], Yhat[m], w), "r2": probes.r2_score(Ye[m], Yhat[m], w),
-                    "spread_mse": spread})
+        r2 = probes.r2_score(Ye[m], Yhat[m], w) if spread > POSTERIOR_SPREAD_MIN else None
+        out.append({"mse": probes.mse(Ye[m], Yhat[m], w), "r2": r2, "spread_mse": spread})
     return out
 
 

@@ -152,13 +152,14 @@ def posterior_by_position(mix: Mixture, depth: int, m=None) -> dict:
     return {"entropy_nats": ent, "true_component_posterior": true}
 
 
-def mixture_facts(proc, depth: int) -> dict | None:
+def mixture_facts(proc, depth: int, m=None) -> dict | None:
     """What `process show` adds for a mixture (None for any other process): h(L), each h_k(L), the floor of a
-    reader told the component, and the posterior over components by position, L = 1..depth."""
+    reader told the component, and the posterior over components by position, L = 1..depth. m: the mixture's
+    MSP to at least `depth`, if already computed."""
     if not is_mixture(proc):
         return None
     from tinyseq.beliefs import entropy_rate, msp, myopic_entropies
-    m = msp(proc, depth)
+    m = m if m is not None and len(m.levels) > depth else msp(proc, depth)
     hk = component_floors(proc, depth)
     post = posterior_by_position(proc, depth, m)
     rates = [entropy_rate(c, depth) for c in proc.components]

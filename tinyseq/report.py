@@ -113,7 +113,31 @@ def process_report(f: dict) -> str:
         "How much of the belief each prediction reveals: the rank of the linear map from belief to it. Below\n"
         "the number of states, a model could predict that perfectly while forgetting part of the belief.",
         tabulate(rows, headers=["prediction", "rank"], colalign=("left", "right"))))
+    if f.get("mixture"):
+        out += ["", mixture_report(f["mixture"])]
     return "\n".join(out)
+
+
+def mixture_report(m: dict) -> str:
+    """`process show` on a mixture: h(L) by position next to each component's floor, and the posterior."""
+    K = len(m["components"])
+    rows = [[L + 1, f"{h:.5f}", f"{known:.5f}"] + [f"{hk[L]:.5f}" for hk in m["component_myopic_entropy_nats"]]
+            + [f"{e:.4f}", f"{p:.4f}"]
+            for L, (h, known, e, p) in enumerate(zip(m["myopic_entropy_nats"], m["known_component_floor_nats"],
+                                                     m["posterior_entropy_nats"], m["true_component_posterior"]))]
+    headers = ["L", "h(L)", "told"] + [f"h_{k + 1}(L)" for k in range(K)] + ["H(C|x)", "P(true)"]
+    names = "; ".join(f"h_{k + 1}: {lab} (weight {w:g})" for k, (lab, w) in enumerate(zip(m["components"],
+                                                                                         m["weights"])))
+    rate = f"{m['entropy_rate_nats']:.6f} nats" + ("" if m["entropy_rate_exact"] else " (from estimates h(depth))")
+    return "\n".join([
+        headed("A mixture: each sequence comes from one component, so h(L) keeps falling with L as the context "
+               "reveals which. 'told': sum_k w_k h_k(L), the floor of a reader told the component; h_k(L): each "
+               "component alone; H(C|x): the entropy of the posterior over components after L tokens (nats, "
+               f"{m['prior_entropy_nats']:.4f} before any); P(true): the posterior's mean weight on the true "
+               "component.", fitted_table(rows, headers, ("right",) * len(headers))),
+        wrap(names),
+        wrap(f"h(L) - told = H(C | x_1..L-1) - H(C | x_1..L): what token L reveals about the component. h(L) "
+             f"falls towards the mixture's entropy rate, the weighted mean of its components': {rate}.")])
 
 
 def gradcheck_report(results, tol) -> str:
