@@ -261,3 +261,10 @@ def test_process_show_prints_the_mixture_facts():
     assert np.allclose(f["myopic_entropy_nats"], B.myopic_entropies(tinyseq.process(TWO_MESS3), 5), atol=1e-12)
     r = cli_in_process(["process", "show", spec, "--depth", "5"])
     assert r.returncode == 0 and "H(C|x)" in r.stdout and "h_2(L)" in r.stdout
+
+
+def test_the_told_floor_is_the_weighted_component_floors(stub_result):
+    mix, a = stub_result
+    for p in a["in_context"]["by_position"]:
+        assert p["known_component_floor_nats"] == pytest.approx(0.5 * sum(p["component_floors_nats"]), abs=1e-15)
+        assert p["known_component_floor_nats"] <= p["floor_nats"] + 1e-12   # knowing the component never hurts

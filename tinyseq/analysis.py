@@ -696,7 +696,9 @@ def in_context(proc, data, bdata, loss, control=None) -> dict | None:
     trained = posterior_probe(proc, bdata, bdata.acts, hook)
     init = posterior_probe(proc, control[0], control[1], hook) if control and hook in control[1] else None
     return {"components": [c.label for c in proc.components], "weights": proc.weights.tolist(),
-            "by_position": [{**p, "component_floors_nats": hk[t]} for t, p in enumerate(loss["per_position"])],
+            "by_position": [{**p, "component_floors_nats": hk[t],
+                             "known_component_floor_nats": None if hk[t] is None else float(proc.weights @ hk[t])}
+                            for t, p in enumerate(loss["per_position"])],
             "hook": hook, "hook_label": hook_label(hook),
             "posterior": [{"tokens_read": t + 1,
                            "entropy_nats": float(w @ mixture.posterior_entropy(post[:, t])),

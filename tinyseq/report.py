@@ -346,10 +346,11 @@ def in_context_table(a: dict) -> str:
     names = "; ".join(f"h_{k + 1}: {lab} (weight {w:g})" for k, (lab, w) in enumerate(zip(c["components"],
                                                                                          c["weights"])))
     body = [[p["position"], f"{p['loss_nats']:.5f}", f"{p['floor_nats']:.5f}",
-             _pct(p["gap_nats"] / p["floor_nats"]) if p["floor_nats"] > 0 else "-"]
-            + ([f"{h:.5f}" for h in p["component_floors_nats"]] if p["component_floors_nats"] else ["-"] * K)
+             f"{100 * p['gap_nats'] / p['floor_nats']:.2f}%" if p["floor_nats"] > 0 else "-"]
+            + ([f"{h:.5f}" for h in [p["known_component_floor_nats"]] + p["component_floors_nats"]]
+               if p["component_floors_nats"] else ["-"] * (K + 1))
             for p in c["by_position"]]
-    headers = ["L", "loss", "h(L)", "gap"] + [f"h_{k + 1}(L)" for k in range(K)]
+    headers = ["L", "loss", "h(L)", "gap", "told"] + [f"h_{k + 1}(L)" for k in range(K)]
     loss = fitted_table(body, headers, ("right",) * len(headers))
     init = any(p["random_init_mse"] is not None for p in c["posterior"])
     body = [[p["tokens_read"], f"{p['entropy_nats']:.4f}", f"{p['true_component_posterior']:.4f}",
@@ -360,7 +361,8 @@ def in_context_table(a: dict) -> str:
     return "\n".join([
         headed("Learning in context: each sequence comes from one component of the mixture, so the floor h(L) "
                "keeps falling as the tokens reveal which one. The loss at position L next to h(L) (gap: % of "
-               "h(L)) and next to each component's own floor h_k(L), that component alone.", loss),
+               "h(L)), next to the floor of a reader told the component (told: sum_k w_k h_k(L)) and to each "
+               "component's own floor h_k(L), that component alone.", loss),
         wrap(names), "",
         headed(f"The posterior over components after t tokens: its exact entropy H(C|x) (nats) and the mean "
                f"posterior of the true component, then an affine probe from {c['hook_label']} to it, scored on "
