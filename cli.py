@@ -11,7 +11,7 @@ import sys
 import click
 
 import tinyseq
-from tinyseq import gradcheck, plot, report, runs
+from tinyseq import gradcheck, pathstar, plot, report, runs
 from tinyseq.analysis import analyse
 from tinyseq.beliefs import catalogue_summary, process_facts
 from tinyseq.errors import TinyseqError
@@ -19,6 +19,7 @@ from tinyseq.exercises.cli import exercise_group
 from tinyseq.lab import bench, compare
 from tinyseq.live import LiveView
 from tinyseq.models import KINDS, config_to_dict, model_options
+from tinyseq.pathstar import PathStar
 from tinyseq.progress import Progress, compare_progress
 from tinyseq.runs import flag
 from tinyseq.threads import set_threads, static_threads
@@ -78,6 +79,10 @@ def process_show_cmd(spec, depth, horizon, context, rank_horizon, as_json):
     """Exact facts about process SPEC (a catalogue name like mess3:x=0.15,a=0.6, or a JSON file)."""
 
     proc = tinyseq.process(spec)
+    if isinstance(proc, PathStar):
+        _refuse_given(("depth", "horizon", "context", "rank_horizon"), proc)
+        facts = pathstar.task_facts(proc)
+        return emit_json(facts) if as_json else click.echo(report.task_report(facts))
     facts = process_facts(proc, depth=depth, horizon=horizon, context=context, rank_horizon=rank_horizon)
     if as_json:
         emit_json(facts)
@@ -297,6 +302,35 @@ def _print_analysis(a, png, as_json, extra=None, before=(), verbose=False):
         click.echo(f"picture written to {png}")
 
 
+HMM_ONLY = ("eval_set", "weighting", "horizon", "png")   # analysis options that mean nothing for path-star
+
+
+def _is_task(proc) -> bool:
+    """A path-star task (paths and the plan are measured) rather than a hidden Markov process (beliefs);
+    an option that applies only to the other kind is one line, exit 2."""
+    task = isinstance(proc, PathStar)
+    if task:
+        _refuse_given(HMM_ONLY, proc)
+    return task
+
+
+def _refuse_given(names, proc) -> None:
+    """Options given on the command line that do not apply to `proc`: one line, exit 2."""
+    ctx = click.get_current_context()
+    for name in names:
+        if name in ctx.params and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            fail(f"{flag(name)} applies to hidden Markov processes, not to {proc.label}: drop it")
+
+
+def _probe_paths(model, proc, seed, as_json, extra) -> None:
+    a = runs.probe_paths(model, proc, seed)
+    if as_json:
+        emit_json({**extra, **a, "sentence": report.paths_sentence(a)})
+    else:
+        click.echo(report.wrap(f"{extra['checkpoint']}: a {model.kind} trained on {proc.label}"))
+        click.echo(report.paths_report(a))
+
+
 def _check_png(png):
     if png:
         folder = os.path.dirname(os.path.abspath(png))
@@ -327,8 +361,10 @@ def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_js
     _check_png(png)
     set_threads(static_threads(threads))
     path, model, proc = runs.load_for_probe(checkpoint, process_spec)
-    a = _run_analysis(model, proc, horizon, seed, eval_set, weighting)
     extra = {"checkpoint": path, "model": config_to_dict(model.config)}
+    if _is_task(proc):
+        return _probe_paths(model, proc, seed, as_json, extra)
+    a = _run_analysis(model, proc, horizon, seed, eval_set, weighting)
     said = report.wrap(f"{path}: a {model.kind} trained on {model.meta.get('process', proc.label)}, probed on "
                        f"{proc.label}")
     _print_analysis(a, png, as_json, extra, before=[said], verbose=verbose)
@@ -363,21 +399,28 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
     """
     _check_png(png)
     given_model = {k: v for k, v in model_options.items() if v is not None}
+    task = _is_task(tinyseq.process(process_spec))     # path-star: paths and the plan instead of beliefs
     proc, model, config, out = runs.demo_run(process_spec, kind, seconds, seed, threads, given_model, horizon, out)
     if not as_json:
-        click.echo(report.demo_intro(runs.demo_facts(proc, model.config.n_ctx)))
+        click.echo(report.task_report(pathstar.task_facts(proc)) if task else
+                   report.demo_intro(runs.demo_facts(proc, model.config.n_ctx)))
         click.echo(f"\nTraining a {kind} ({model.params.size:,} parameters) for {seconds:g} s; progress on stderr.")
-    summary = _train_with_progress(proc, model, config, out, live=not no_live)
+    summary = _train_with_progress(proc, model, config, out, live=not (no_live or task))
     if summary["status"] == "interrupted":
         where = summary["checkpoint"] or "no checkpoint saved"
         click.echo(f"tinyseq: interrupted; checkpoint: {where}; continue with: tinyseq train --resume {out}, "
                    f"then look at it with: tinyseq probe {out}", err=True)
         sys.exit(130)
-    a = _run_analysis(model, proc, horizon, seed, eval_set, weighting)
     path = summary["checkpoint"]
     extra = {"checkpoint": path, "model": config_to_dict(model.config),
              "training": {k: v for k, v in summary.items() if k not in ("loss", "model")}}
-    _print_analysis(a, png, as_json, extra, before=["", report.trained_line(summary)], verbose=verbose)
+    if task:
+        if not as_json:
+            click.echo("\n" + report.trained_line(summary))
+        _probe_paths(tinyseq.load(path), proc, seed, as_json, extra)    # its objective and eval seed too
+    else:
+        a = _run_analysis(model, proc, horizon, seed, eval_set, weighting)
+        _print_analysis(a, png, as_json, extra, before=["", report.trained_line(summary)], verbose=verbose)
     if not as_json:
         click.echo("\n" + report.wrap(f"checkpoint: {path}") + "\nlook again with:\n  tinyseq probe " + path)
 
@@ -391,7 +434,9 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
 @click.option("--grid", default=None, metavar="VARIANTS",
               help="Comma-separated ARCH:OBJECTIVE, ARCH one of transformer, rnn, gru, lstm; OBJECTIVE ntp, "
                    "myopia=M or mtp=N [default: transformer:ntp,transformer:myopia=0,transformer:myopia=1,"
-                   "transformer:myopia=3,transformer:mtp=2,transformer:mtp=4,gru:ntp,gru:myopia=0,gru:myopia=1].")
+                   "transformer:myopia=3,transformer:mtp=2,transformer:mtp=4,gru:ntp,gru:myopia=0,gru:myopia=1; for "
+                   "pathstar: transformer:ntp,transformer:reverse,transformer:teacherless,transformer:mtp=2,gru:ntp,"
+                   "gru:reverse].")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per variant (0..N-1).")
 @click.option("--steps-per-run", "steps", type=int, default=None,
               help="Steps of training per run, equal for every variant whatever the machine's load [default: per "
@@ -431,11 +476,11 @@ def compare_cmd(process_specs, grid, seeds, steps, seconds, workers, threads, ho
         fail(f"--time-per-run must be a positive number of seconds, got {seconds:g}")
     if steps is not None and steps < 1:
         fail(f"--steps-per-run must be a positive integer, got {steps}")
-    variants = compare.parse_grid(grid if grid is not None else compare.DEFAULT_GRID)
     procs = [tinyseq.process(spec) for spec in (process_specs or ("mess3",))]
+    grids = [compare.parse_grid(grid if grid is not None else compare.default_grid(p)) for p in procs]
     outs = runs.compare_outs(procs, out)
     results = []
-    for proc, where in zip(procs, outs):
+    for proc, variants, where in zip(procs, grids, outs):
         progress = compare_progress(where, lambda text: click.echo(text, err=True))
         results.append(compare.run_grid(proc, variants, seeds=seeds, seconds=seconds, steps=steps, workers=workers,
                                         threads_per_run=threads, out=where, horizon=horizon, dask=dask,

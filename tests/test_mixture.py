@@ -212,6 +212,7 @@ BAD = [
     ({"mixture": [["mess3", 0.5], ["nope", 0.5]]}, "component 2: unknown process 'nope'"),
     ({"mixture": [["mess3"], ["mess3", 0.5]]}, "[component, weight] pair"),
     ({"mixture": [["mess3", 1.0]], "name": "x"}, "only the key 'mixture'"),
+    ({"mixture": [["pathstar:d=2,l=5,n=20", 1.0]]}, "is a task, not a hidden Markov process"),
 ]
 
 

@@ -108,6 +108,9 @@ def mixture_from_dict(d: dict, where="process spec") -> Mixture:
             components.append(parse_process(spec))
         except TinyseqError as e:
             raise TinyseqError(f"{where}: mixture component {k + 1}: {e}") from None
+        if not isinstance(components[-1], Process):
+            raise TinyseqError(f"{where}: mixture component {k + 1} ({spec}) is a task, not a hidden Markov "
+                               f"process; a mixture's components are processes")
         weights.append(float(w))
     if abs(sum(weights) - 1.0) > ROW_SUM_TOL:
         raise TinyseqError(f"{where}: the mixture weights sum to {sum(weights):.12g}, not 1 "

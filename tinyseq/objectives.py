@@ -41,32 +41,50 @@ import numpy as np
 from tinyseq.errors import TinyseqError
 
 OBJECTIVES = ("ntp", "mtp:N")
+PATH_OBJECTIVES = ("reverse", "teacherless")   # change what the path-star task writes (tinyseq/pathstar.py)
 
 
 @dataclass(frozen=True)
 class Objective:
-    """A parsed objective: N heads, their loss weights, and the myopia horizon (None: ordinary backward)."""
+    """A parsed objective: N heads, their loss weights, the myopia horizon (None: ordinary backward), and the
+    path-star variant (None; "reverse" or "teacherless" change the task's sequences, not the loss)."""
     heads: int = 1                       # N: head i predicts x_{t+i}
     weights: tuple = (1.0,)              # w_1..w_N
     myopia: int | None = None            # M
+    variant: str | None = None           # a PATH_OBJECTIVES entry, or None
 
     @property
     def name(self) -> str:
-        return "ntp" if self.heads == 1 else f"mtp:{self.heads}"
+        return self.variant or ("ntp" if self.heads == 1 else f"mtp:{self.heads}")
 
     def to_dict(self) -> dict:
         return {"objective": self.name, "heads": self.heads, "weights": list(self.weights), "myopia": self.myopia}
 
 
+@dataclass
+class Batch:
+    """One training batch, as a task writes it: the inputs, the targets of each head and, where only some
+    targets count (path-star: the path tokens), their loss weights."""
+    inputs: np.ndarray                   # (B, T) int
+    targets: list                        # N arrays (B, T) int: head i's targets
+    weights: list | None = None          # N arrays (B, T) float >= 0, or None: every target counts 1
+
+    @classmethod
+    def from_tokens(cls, tokens, heads: int) -> "Batch":  # (B, T + N) sampled tokens -> inputs, N targets
+        inputs, targets = split_tokens(tokens, heads)
+        return cls(inputs, targets)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # parsing: every bad value is one TinyseqError line
 def parse_objective(text) -> int:
-    """'ntp' -> 1, 'mtp:N' -> N (N >= 1; mtp:1 is ntp)."""
-    hint = "use --objective ntp (next token) or mtp:N (N >= 1 future tokens), e.g. mtp:2"
+    """'ntp' -> 1, 'mtp:N' -> N (N >= 1; mtp:1 is ntp); the path-star variants 'reverse', 'teacherless' -> 1."""
+    hint = ("use --objective ntp (next token) or mtp:N (N >= 1 future tokens), e.g. mtp:2; path-star tasks also "
+            "take reverse and teacherless")
     if not isinstance(text, str):
         raise TinyseqError(f"objective must be a string, got {text!r}: {hint}")
     t = text.strip().lower()
-    if t == "ntp":
+    if t == "ntp" or t in PATH_OBJECTIVES:
         return 1
     if t.startswith("mtp:"):
         n = t[4:].strip()
@@ -115,9 +133,11 @@ def check_myopia(myopia) -> int | None:
 
 def objective_from(config) -> Objective:
     """The Objective of a TrainConfig (fields objective, mtp_weights, myopia), checked."""
-    heads = parse_objective(getattr(config, "objective", "ntp"))
+    text = getattr(config, "objective", "ntp")
+    heads = parse_objective(text)
+    variant = text.strip().lower() if text.strip().lower() in PATH_OBJECTIVES else None
     return Objective(heads=heads, weights=parse_weights(getattr(config, "mtp_weights", None), heads),
-                     myopia=check_myopia(getattr(config, "myopia", None)))
+                     myopia=check_myopia(getattr(config, "myopia", None)), variant=variant)
 
 
 def check_heads(objective: Objective, model) -> None:
@@ -141,24 +161,32 @@ def split_tokens(tokens, heads: int):  # (B, n_ctx + N) -> inputs (B, n_ctx), [t
 def objective_forward(model, tokens, objective: Objective, ops):
     # tokens (B, n_ctx + N) -> total loss, [per-head mean CE], saved (for objective_backward)
     """loss = sum_i w_i * mean CE(head i, x_{t+i}). ops: the model's cross-entropy pair (ops.py or ops_numba.py)."""
-    inputs, targets = split_tokens(tokens, objective.heads)
-    logits, cache = model.forward(inputs)                                      # (B, n_ctx, V) head 1
+    return batch_forward(model, Batch.from_tokens(tokens, objective.heads), objective, ops)
+
+
+def batch_forward(model, batch: Batch, objective: Objective, ops):  # -> total, [per-head CE], saved
+    """objective_forward on a task's Batch: head i's CE is the mean over its targets, weighted by the batch's
+    loss weights when it has them (sum_n w_n CE_n / sum_n w_n)."""
+    logits, cache = model.forward(batch.inputs)                                # (B, n_ctx, V) head 1
     heads = [logits] + (model.mtp_logits(cache) if objective.heads > 1 else [])
+    weights = batch.weights or [None] * len(heads)
     losses, probs = [], []
-    for lg, tg in zip(heads, targets):
-        loss_i, probs_i = ops.cross_entropy_forward(lg, tg)
+    for lg, tg, wt in zip(heads, batch.targets, weights):
+        loss_i, probs_i = ops.cross_entropy_forward(lg, tg, weights=wt)
         losses.append(float(loss_i))
         probs.append(probs_i)
     total = sum(w * l for w, l in zip(objective.weights, losses))   # ntp: 1.0 * loss, exactly loss
-    return total, losses, (cache, probs, targets)
+    return total, losses, (cache, probs, batch.targets, batch.weights)
 
 
 def objective_backward(model, saved, objective: Objective, ops):  # -> dx0; accumulates into params.grad
     """d(total)/d(logits_i) = w_i (softmax_i - onehot_i) / (B * n_ctx), pushed through the model with the
-    objective's myopia."""
-    cache, probs, targets = saved
-    dlogits = [None if w == 0 else ops.cross_entropy_backward(p, tg, scale=w * (1.0 / tg.size))
-               for w, p, tg in zip(objective.weights, probs, targets)]
+    objective's myopia (with loss weights u: w_i u_n (softmax_i - onehot_i) / sum u)."""
+    cache, probs, targets, loss_weights = saved
+    loss_weights = loss_weights or [None] * len(targets)
+    dlogits = [None if w == 0 else ops.cross_entropy_backward(
+                   p, tg, scale=w * (1.0 / (tg.size if u is None else float(u.sum()))), weights=u)
+               for w, p, tg, u in zip(objective.weights, probs, targets, loss_weights)]
     if dlogits[0] is None:                           # head 1 weighted 0: the backward still starts there
         dlogits[0] = np.zeros_like(probs[0])
     return model_backward(model, dlogits[0], cache, objective.myopia, dlogits[1:] or None)

@@ -62,13 +62,12 @@ NN nodes per graph (d(l-1) + 1), E edges, C feature width.
 """
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from tinyseq.errors import TinyseqError
+from tinyseq.objectives import Batch
 
 OBJECTIVES = ("ntp", "reverse", "teacherless")
 DEFAULTS = {"d": 2, "l": 5, "n": 20}
@@ -130,6 +129,25 @@ class PathStar:
     @property
     def label(self) -> str:
         return f"pathstar:d={self.d},l={self.l},n={self.n}"
+
+    @property
+    def name(self) -> str:        # the kind of task, as a process's name (run folders are named by it)
+        return "pathstar"
+
+    def to_spec(self) -> dict:    # what a checkpoint stores; from_dict reads it back
+        return {"task": "pathstar", "d": self.d, "l": self.l, "n": self.n}
+
+
+def from_dict(d: dict, where: str = "task") -> PathStar:
+    """{"task": "pathstar", "d": 2, "l": 5, "n": 20} (as PathStar.to_spec writes it) -> PathStar."""
+    unknown = sorted(set(d) - {"task", *DEFAULTS})
+    if unknown:
+        raise TinyseqError(f"{where}: unknown keys {unknown} for a path-star task; allowed: task, d, l, n")
+    values = {k: d.get(k, v) for k, v in DEFAULTS.items()}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TinyseqError(f"{where}: path-star {key} must be a whole number, got {value!r}")
+    return check_spec(PathStar(**values))
 
 
 def _spec_int(key: str, value: str, text: str) -> int:
@@ -279,6 +297,19 @@ def chance_levels(spec: PathStar, objective: str = "ntp") -> dict:
     return {"teacher_forced": tf, "generated": guess, "exact_match": 1.0 / d}
 
 
+def task_facts(spec: PathStar) -> dict:
+    """What `tinyseq process show pathstar:...` prints: the token layout, sizes, and chance per objective."""
+    E, P = spec.n_edges, spec.prompt_len
+    layout = (["u_1", "v_1", ","] + (["..."] if E > 2 else []) + (["u_E", "v_E", ","] if E > 1 else [])
+              + ["|", "start", "goal", "=", "p_1", "...", f"p_{spec.l}"])
+    return {"task": spec.label, "d": spec.d, "l": spec.l, "n": spec.n, "nodes": spec.n_nodes, "edges": E,
+            "prompt_tokens": P, "sequence_tokens": spec.seq_len, "n_ctx": spec.n_ctx, "vocab": spec.vocab,
+            "tokens": {"labels": f"0..{spec.n - 1}", ",": spec.comma, "|": spec.query, "=": spec.equals,
+                       "$": spec.dummy},
+            "layout": " ".join(layout), "loss_positions": list(range(P - 1, spec.n_ctx)),
+            "chance": {objective: chance_levels(spec, objective) for objective in OBJECTIVES}}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # decoding and accuracy; next_logits(tokens (B, T')) -> (B, T', V) is any model (or stub)
 def _chunks(n: int, size: int):
@@ -392,57 +423,76 @@ def plan_probe(features, spec: PathStar, graphs: Graphs, frac_fit: float = 0.5, 
 # the plateau after ~1350 steps (seed 0), r = 0.1 after 350-650 (seeds 0, 1, 2), a PyTorch-default init
 # (nn.Embedding N(0, 1), nn.Linear U(+-1/sqrt(fan_in))) after ~400. A cosine schedule over a budget shorter
 # than the plateau anneals the lr away before the drop, and nothing is learned.
-MODEL = {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_head": 16, "d_mlp": 256, "initializer_range": 0.1}
-SCHEDULE = "constant"         # lr after the warmup: constant, so a budget never ends inside the plateau
+MODEL = {"transformer": {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_head": 16, "d_mlp": 256,
+                         "initializer_range": 0.1},
+         "gru": {"hidden": 128}, "lstm": {"hidden": 128}, "rnn": {"hidden": 128}}
+# `train` on a path-star task starts from these instead of the HMM defaults (any option given wins):
+# constant lr after the warmup, so a budget never ends inside the plateau; a small held-out set for the
+# progress line (the probe measures on 2,000 graphs)
+TRAIN = {"lr": 3e-3, "batch": 128, "schedule": "constant", "steps": 1000, "eval_sequences": 500,
+         "eval_every": 100}
+PROBE_GRAPHS = 2000           # held-out graphs of `tinyseq probe` (the checkpoint's eval seed draws them)
+
+
+def path_batch(spec: PathStar, seq, variant: str = "ntp", heads: int = 1):
+    # (B, L) sequences -> Batch: inputs (B, T), N targets (B, T), N loss weights (B, T)
+    """The training batch of train()'s task interface. Head i reads input position t and predicts sequence
+    token t + i; its loss weight is 1 exactly where that token is a path token (so head 1's mask is
+    training_arrays' mask, and heads past the end of the sequence are padded with weight 0)."""
+    inputs, _, _ = training_arrays(spec, seq, variant)
+    B, L, P, T = len(seq), spec.seq_len, spec.prompt_len, spec.n_ctx
+    padded = np.concatenate([seq, np.zeros((B, heads), dtype=seq.dtype)], axis=1)       # (B, L + N)
+    t = np.arange(T)
+    targets = [np.ascontiguousarray(padded[:, i:i + T]) for i in range(1, heads + 1)]
+    weights = [np.broadcast_to(((t + i >= P) & (t + i <= L - 1)).astype(np.float32), (B, T)).copy()
+               for i in range(1, heads + 1)]
+    return Batch(inputs, targets, weights)
+
+
+class PathStarTask:
+    """The path-star task behind train()'s task interface (tinyseq/train.py's SequenceTask is the HMM one):
+    check the model, write a batch with its loss weights, draw the held-out graphs, evaluate."""
+
+    def __init__(self, spec: PathStar, objective):
+        self.spec, self.objective = spec, objective
+        self.variant = objective.variant or "ntp"            # mtp:N writes the path start -> goal
+
+    def check(self, model_config) -> None:
+        if model_config.n_ctx != self.spec.n_ctx:
+            raise TinyseqError(f"{self.spec.label} is {self.spec.seq_len} tokens, so the model reads "
+                               f"n_ctx={self.spec.n_ctx}, not {model_config.n_ctx}: leave --n-ctx out")
+
+    def start_facts(self, graphs) -> dict:  # what the first progress line says about the task
+        return {"chance_exact_match": chance_levels(self.spec, self.variant)["exact_match"]}
+
+    def batch(self, rng, batch: int, n_ctx: int):
+        seq = encode(self.spec, sample_graphs(self.spec, rng, batch), self.variant)
+        return path_batch(self.spec, seq, self.variant, self.objective.heads)
+
+    def eval_set(self, n_ctx: int, n: int, seed: int) -> Graphs:
+        return eval_set(self.spec, n, seed)
+
+    def evaluate(self, model, graphs: Graphs) -> dict:  # the "eval" event: exact match, accuracy by position
+        return evaluate_paths(model.logits, self.spec, graphs, self.variant)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# a small standalone training loop: sample, forward, masked loss, backward, clip, AdamW
-def train_step(model, spec: PathStar, objective: str, rng, batch: int, lr: float, state: dict, ops) -> float:
-    """One update on B fresh graphs; returns the masked loss (nats per path token). state holds AdamW's
-    moments and step count ({"m", "v", "step"})."""
-    from tinyseq.objectives import model_backward
-    from tinyseq.optim import adamw_step_numba, clip_grad_norm
-    from tinyseq.train import TrainConfig
-
-    defaults = TrainConfig()                                  # betas, eps, weight decay, clip as `train`
-    P = model.params
-    inputs, targets, mask = sample_batch(spec, rng, batch, objective)      # (B, T) x3
-    logits, cache = model.forward(inputs)                                  # (B, T, V)
-    loss, probs = ops.cross_entropy_forward(logits, targets, weights=mask)
-    P.zero_grad()
-    model_backward(model, ops.cross_entropy_backward(probs, targets, weights=mask), cache)
-    clip_grad_norm(P.grad, defaults.clip)
-    state["step"] += 1
-    adamw_step_numba(P.data, P.grad, state["m"], state["v"], state["step"], lr, *defaults.betas,
-                     defaults.eps, defaults.weight_decay)
-    return float(loss)
-
-
-def train_pathstar(model, spec: PathStar, objective: str = "ntp", steps: int = 1000, batch: int = 128,
-                   lr: float = 3e-3, seed: int = 0, warmup: int = 50, schedule: str = SCHEDULE,
-                   callback=None) -> dict:
-    """Train `model` (built with d_vocab = spec.vocab, n_ctx >= spec.n_ctx) for `steps` updates of B fresh
-    graphs each: linear warmup, then ("constant", the default: see SCHEDULE) the peak lr or ("cosine")
-    decay to 0, as tinyseq.optim.lr_at; build the model from MODEL. callback(step, loss) after every step.
-    Returns {"steps", "seconds", "final_loss"}."""
-    from tinyseq.nn import ops as numpy_ops
-    from tinyseq.optim import lr_at
-    from tinyseq.train import TrainConfig
-
-    objective = check_objective(objective)
-    if model.config.d_vocab != spec.vocab or model.config.n_ctx < spec.n_ctx:
-        raise TinyseqError(f"{spec.label} needs a model with d_vocab={spec.vocab} and n_ctx >= {spec.n_ctx}, "
-                           f"got d_vocab={model.config.d_vocab}, n_ctx={model.config.n_ctx}")
-    plan = TrainConfig(lr=lr, warmup=warmup, steps=steps, batch=batch, schedule=schedule).validate()
-    ops = getattr(model, "ops", numpy_ops)
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))   # batches apart from init
-    state = {"m": np.zeros_like(model.params.data), "v": np.zeros_like(model.params.data), "step": 0}
-    t0, loss = time.perf_counter(), math.nan
-    for step in range(steps):
-        loss = train_step(model, spec, objective, rng, batch, lr_at(plan, step, step / steps), state, ops)
-        if not math.isfinite(loss):
-            raise TinyseqError(f"the training loss became {loss} at step {step + 1}: try a smaller lr (now {lr:g})")
-        if callback:
-            callback(step + 1, loss)
-    return {"steps": steps, "seconds": time.perf_counter() - t0, "final_loss": loss}
+# `tinyseq probe` on a path-star checkpoint
+def analyse_paths(model, spec: PathStar, variant: str, random_model, n_graphs: int = PROBE_GRAPHS,
+                  eval_seed: int = 0, seed: int = 0) -> dict:
+    """Paths by generation and teacher-forced, on `n_graphs` held-out graphs drawn from `eval_seed`, and plan
+    recovery per hook (probe split drawn from `seed`) next to `random_model` (same architecture, untrained).
+    -> {path_accuracy: [{position, generated_accuracy, teacher_forced_accuracy, chance, ...}], exact_match,
+        plan_recovery: [{hook, target, k, accuracy, chance, random_init_accuracy}], ...}"""
+    graphs = eval_set(spec, n_graphs, eval_seed)
+    paths = evaluate_paths(model.logits, spec, graphs, variant)
+    trained = prefix_features(model, spec, graphs)
+    control = prefix_features(random_model, spec, graphs)
+    rows = []
+    for hook, features in trained.items():
+        for p, q in zip(plan_probe(features, spec, graphs, seed=seed), plan_probe(control[hook], spec, graphs,
+                                                                              seed=seed)):
+            rows.append({"hook": hook, "target": f"path node {p['position']}", "k": p["position"],
+                         "accuracy": p["accuracy"], "chance": p["chance"], "random_init_accuracy": q["accuracy"]})
+    return {"task": spec.label, "objective": variant, "eval_seed": eval_seed, **paths, "plan_recovery": rows,
+            "chance": chance_levels(spec, variant)}

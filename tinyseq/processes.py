@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
+from tinyseq import pathstar
 from tinyseq.errors import TinyseqError
 from tinyseq.markov import closed_classes, stationary_distribution
 
@@ -260,7 +261,7 @@ def catalogue_process(name: str, **params) -> Process:
 # parsing: "name:k=v,k=v" or a JSON path
 def parse_process(spec) -> Process:
     """Process from a catalogue spec ("mess3", "mess3:x=0.15,a=0.6"), a JSON path, a dict, or a Process."""
-    if isinstance(spec, Process):
+    if isinstance(spec, (Process, pathstar.PathStar)):
         return spec
     if isinstance(spec, dict):
         return process_from_dict(spec, where="process spec")
@@ -273,6 +274,8 @@ def parse_process(spec) -> Process:
         return process_from_dict(_json_object(spec, "inline process spec"), where="inline process spec")
     if spec.lower().endswith(".json") or os.sep in spec or os.path.exists(spec):
         return load_process_json(spec)
+    if spec.partition(":")[0].strip().lower() == "pathstar":      # a task, not a hidden Markov process
+        return pathstar.parse_spec(spec)
     name, _, rest = spec.partition(":")
     name = name.strip()
     params = {}
@@ -302,6 +305,8 @@ def process_from_dict(d, where="process") -> Process:
     if "mixture" in d:                                         # {"mixture": [[component, weight], ...]}
         from tinyseq.mixture import mixture_from_dict
         return mixture_from_dict(d, where)
+    if d.get("task") == "pathstar":
+        return pathstar.from_dict(d, where)
     if "T" not in d:
         raise TinyseqError(f"{where}: missing key 'T' (the V x S x S labeled transition matrices)")
     unknown = set(d) - {"name", "symbols", "T", "params"}

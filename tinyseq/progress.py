@@ -49,7 +49,11 @@ class Progress:
     def gap_text(self) -> str:
         """The last evaluation's gap to the floor, as the bar and the live view show it ("" before one)."""
         g = self.gap
-        return "" if g is None else f"  gap {g['gap_nats']:.5f} nats ({g['gap_percent']:.2f}%) @{g['step']}"
+        if g is None:
+            return ""
+        if "exact_match" in g:           # a path-star task
+            return f"  {paths_text(g)} @{g['step']}"
+        return f"  gap {g['gap_nats']:.5f} nats ({g['gap_percent']:.2f}%) @{g['step']}"
 
     def observe(self, ev) -> None:
         """Fold one "step" event into the smoothed rate and loss."""
@@ -63,8 +67,10 @@ class Progress:
             obj = ev.get("objective") or {}
             trained = "" if obj.get("objective", "ntp") == "ntp" else f", objective {obj['objective']}"
             trained += "" if obj.get("myopia") is None else f", myopia {obj['myopia']}"
+            target = (f"Bayes floor {ev['floor_nats']:.5f} nats" if "floor_nats" in ev else
+                      f"exact match by chance {ev['chance_exact_match']:.3g}")
             msg = (f"training a {ev['kind']} ({ev['params']:,} parameters{trained}) for {what} from step "
-                   f"{ev['step']}; Bayes floor {ev['floor_nats']:.5f} nats")
+                   f"{ev['step']}; {target}")
             self._write(msg, True)
             self.last_draw = time.perf_counter()
         elif kind == "step":
@@ -76,11 +82,22 @@ class Progress:
         elif kind == "eval":
             self.gap = ev
             if not self.tty:
-                self._write(f"eval step {ev['step']}: loss {ev['mean_nats']:.5f} nats, floor {ev['floor_nats']:.5f}, "
-                            f"gap {ev['gap_nats']:.5f} ({ev['gap_percent']:.2f}%)", False)
+                self._write(f"eval step {ev['step']}: " + eval_line(ev), False)
                 self.last_draw = time.perf_counter()
         elif kind == "end":
             self.close()
+
+
+def paths_text(ev) -> str:  # a path-star evaluation: paths right, and each position teacher-forced
+    tf = " ".join(f"{r['teacher_forced_accuracy']:.2f}" for r in ev["path_accuracy"])
+    return f"exact match {ev['exact_match']:.3f}, teacher-forced by position {tf}"
+
+
+def eval_line(ev) -> str:  # an "eval" event as the plain progress lines write it
+    if "exact_match" in ev:
+        return paths_text(ev)
+    return (f"loss {ev['mean_nats']:.5f} nats, floor {ev['floor_nats']:.5f}, gap {ev['gap_nats']:.5f} "
+            f"({ev['gap_percent']:.2f}%)")
 
 
 def budget_used(ev) -> tuple:  # a "step" event -> (fraction of the budget spent, "step 120/300" or "step 120 4/60 s")
@@ -103,8 +120,9 @@ def compare_progress(out, echo):
                 msg += f": about {rounds * (ev['seconds'] + 8) / 60:.0f} min"
             echo(msg)
         elif kind == "finished":
-            echo(f"[{ev['done']}/{ev['runs']}] {ev['variant']} seed {ev['seed']}: gap {ev['gap_nats']:.2e} "
-                 f"nats ({ev['seconds']:.0f} s)")
+            what = (f"exact match {ev['exact_match']:.3f}" if ev.get("exact_match") is not None
+                    else f"gap {ev['gap_nats']:.2e} nats")
+            echo(f"[{ev['done']}/{ev['runs']}] {ev['variant']} seed {ev['seed']}: {what} ({ev['seconds']:.0f} s)")
         elif kind == "failed":
             echo(f"{ev['variant']} seed {ev['seed']} failed: {ev['error']}")
     return progress

@@ -415,7 +415,10 @@ def probe_report(a: dict, picture_text: str | None = None, verbose: bool = False
 
 
 def train_summary(summary: dict) -> str:
-    """What `tinyseq train` prints at the end: loss per position next to its floor, speed, checkpoint."""
+    """What `tinyseq train` prints at the end: loss per position next to its floor (a path-star task: path
+    accuracy per position next to chance), speed, checkpoint."""
+    if summary.get("paths"):
+        return paths_train_summary(summary)
     loss = summary["loss"]
     rows = [[p["position"], f"{p['loss_nats']:.5f}", f"{p['floor_nats']:.5f}", f"{p['gap_nats']:.5f}"]
             for p in loss["per_position"]]
@@ -426,6 +429,25 @@ def train_summary(summary: dict) -> str:
         wrap(f"{summary['steps']} steps, {summary['tokens']:,} tokens in {summary['seconds']:.1f} s ({rate} tokens/s)"),
         wrap(f"loss {loss['mean_nats']:.5f} nats vs {floor} {loss['floor_nats']:.5f}: gap {loss['gap_nats']:.5f} "
              f"nats ({loss['gap_percent']:.2f}% of the floor)"),
+        wrap(f"checkpoint: {summary['checkpoint']}  (tinyseq.load(path) in Python)")])
+
+
+def path_table(rows) -> str:
+    """Path accuracy per position: generated (greedy from the prompt) and teacher-forced, next to chance."""
+    table = [[r["position"], f"{r['generated_accuracy']:.3f}", f"{r['generated_chance']:.3f}",
+              f"{r['teacher_forced_accuracy']:.3f}", f"{r['chance']:.3f}"] for r in rows]
+    return tabulate(table, headers=["path position", "generated", "chance", "teacher-forced", "chance"],
+                    colalign=("right",) * 5)
+
+
+def paths_train_summary(summary: dict) -> str:
+    paths = summary["paths"]
+    rate = f"{summary['tokens_per_s']:,.0f}" if summary["tokens_per_s"] else "-"
+    return "\n".join([
+        path_table(paths["path_accuracy"]),
+        wrap(f"exact match {paths['exact_match']:.3f} on {paths['n_graphs']:,} held-out graphs (chance "
+             f"{paths['exact_match_chance']:.3g}); `tinyseq probe` measures on 2,000 and probes the plan"),
+        wrap(f"{summary['steps']} steps, {summary['tokens']:,} tokens in {summary['seconds']:.1f} s ({rate} tokens/s)"),
         wrap(f"checkpoint: {summary['checkpoint']}  (tinyseq.load(path) in Python)")])
 
 
@@ -444,3 +466,70 @@ def demo_intro(f: dict) -> str:
         f"token (the Bayes floor, mean h(2..{f['context'] + 1})).",
         f"The belief over the hidden states is all any predictor needs for every future token. The map from "
         f"belief to next-token prediction has rank {r['next_token']} for a {r['states']}-state belief, {reveal}."))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a path-star checkpoint (tinyseq/pathstar.py): paths and the plan instead of beliefs
+def plan_table(rows) -> str:
+    """Plan recovery: per hook, the probe's held-out accuracy for the node at each path position (trained /
+    random init), chance in the header."""
+    hooks = list(dict.fromkeys(r["hook"] for r in rows))
+    ks = sorted({r["k"] for r in rows})
+    cell = {(r["hook"], r["k"]): r for r in rows}
+    chance = rows[0]["chance"] if rows else 0.0
+    table = [[hook] + [f"{cell[hook, k]['accuracy']:.2f} / {cell[hook, k]['random_init_accuracy']:.2f}"
+                       for k in ks] for hook in hooks]
+    headers = ["hook (trained / random init)"] + [f"node {k}" + (" (plan)" if k == 2 else "") for k in ks]
+    return tabulate(table, headers=headers) + "\n" + wrap(f"chance {chance:.3g} (one of the d candidates at each "
+                                                          f"depth)")
+
+
+def paths_sentence(a: dict) -> str:
+    """One sentence from the numbers: did the model learn the paths, and where does it stay at chance?"""
+    rows, n = a["path_accuracy"], a["n_graphs"]
+    em, em_chance = a["exact_match"], a["exact_match_chance"]
+    noise = lambda p: 3 * math.sqrt(max(p * (1 - p), 1e-12) / n)          # noqa: E731  (3 standard errors)
+    said = [f"Generated paths are exactly right {em:.3f} of the time (chance {em_chance:.3g})"]
+    if len(rows) > 2 and a["objective"] == "ntp":
+        plan, later = rows[1], rows[2:]
+        later_tf = min(r["teacher_forced_accuracy"] for r in later)
+        if abs(plan["teacher_forced_accuracy"] - plan["chance"]) <= noise(plan["chance"]) and later_tf >= 0.95:
+            said.append(f"the Clever-Hans signature: the planning step (position 2) is at chance "
+                        f"({plan['teacher_forced_accuracy']:.3f} vs {plan['chance']:.3g}) while every later step "
+                        f"is right at least {later_tf:.3f} of the time when fed the true previous node")
+    best = max((r for r in a["plan_recovery"] if r["k"] == 2), key=lambda r: r["accuracy"], default=None)
+    if best is not None:
+        above = best["accuracy"] - best["chance"] > noise(best["chance"]) * math.sqrt(2)
+        said.append(f"the state before the path {'holds' if above else 'does not hold'} the planning step "
+                    f"linearly (best hook {best['hook']}: {best['accuracy']:.3f}, random init "
+                    f"{best['random_init_accuracy']:.3f}, chance {best['chance']:.3g})")
+    return "; ".join(said) + "."
+
+
+def paths_report(a: dict) -> str:
+    """What `tinyseq probe` prints for a path-star checkpoint."""
+    return "\n".join([
+        "", wrap(f"Paths on {a['n_graphs']:,} held-out graphs of {a['task']} (eval seed {a['eval_seed']}), "
+                 f"objective {a['objective']}:"),
+        path_table(a["path_accuracy"]),
+        "", wrap("Plan recovery: a linear probe from the state at the last prompt token ('=') to the node at "
+                 "each path position, fitted on half the graphs, scored on the other half:"),
+        plan_table(a["plan_recovery"]),
+        "", wrap(paths_sentence(a))])
+
+
+def task_report(f: dict) -> str:
+    """`tinyseq process show pathstar:...`: the token layout, sizes and the chance level of each position."""
+    tok = f["tokens"]
+    rows = [[objective, " ".join(f"{c:.3g}" for c in ch["teacher_forced"]), " ".join(f"{c:.3g}" for c in
+             ch["generated"]), f"{ch['exact_match']:.3g}"] for objective, ch in f["chance"].items()]
+    return "\n".join([
+        wrap(f"{f['task']}: a star of d={f['d']} arms, paths of l={f['l']} nodes (centre included), "
+             f"{f['nodes']} nodes labelled from n={f['n']} labels, {f['edges']} edges; a fresh graph every sequence."),
+        wrap(f"Tokens: labels {tok['labels']}, ',' = {tok[',']} ends an edge, '|' = {tok['|']} ends the edge list, "
+             f"'=' = {tok['=']} ends the prompt, '$' = {tok['$']} is the teacherless dummy; vocabulary {f['vocab']}."),
+        wrap(f"Layout: {f['layout']}  ({f['prompt_tokens']} prompt tokens + {f['l']} path tokens = "
+             f"{f['sequence_tokens']}; the model reads n_ctx = {f['n_ctx']} and is scored on the {f['l']} path "
+             f"targets only)."),
+        "", wrap("Chance by path position (a predictor that follows edges but cannot plan):"),
+        tabulate(rows, headers=["objective", "teacher-forced", "generated", "exact match"])])

@@ -12,7 +12,9 @@ from tinyseq.checkpoint import CHECKPOINT_NAME
 from tinyseq.errors import TinyseqError
 from tinyseq.models import build_model, make_config, model_kind, model_options
 from tinyseq.objectives import objective_from
-from tinyseq.train import PAPER_TRAIN, TrainConfig, check_memory, load_run, train_options
+from tinyseq import pathstar
+from tinyseq.pathstar import PathStar
+from tinyseq.train import PAPER_TRAIN, TrainConfig, check_memory, load_run, task_for, train_options
 
 
 def flag(name: str) -> str:  # "d_model" -> "--d-model"
@@ -45,12 +47,23 @@ def paper_preset(kind: str, proc) -> tuple[dict, dict]:
 
     if kind != "transformer":
         raise TinyseqError(f"--preset paper is the published transformer; it has no {kind} version: drop --preset")
+    if isinstance(proc, PathStar):
+        raise TinyseqError(f"--preset paper is the published transformer for mess3 and rrxor; {proc.label} has its "
+                           f"own defaults: drop --preset")
     paper = paper_config(proc.name)
     if paper.d_vocab != proc.vocab:
         raise TinyseqError(f"--preset paper was published for {proc.name.split(':')[0]} with {paper.d_vocab} "
                            f"tokens, but {proc.label} has {proc.vocab}")
     model = {k: v for k, v in dataclasses.asdict(paper).items() if k != "d_vocab"}
     return model, dict(PAPER_TRAIN[proc.name.split(":")[0].lower()])
+
+
+def task_defaults(proc, kind: str) -> tuple[dict, dict]:
+    """(model options, training settings) a task starts from before the user's options: none for a hidden
+    Markov process (the dataclass defaults), pathstar.MODEL and pathstar.TRAIN for a path-star task."""
+    if not isinstance(proc, PathStar):
+        return {}, {}
+    return {**pathstar.MODEL[kind], "n_ctx": proc.n_ctx}, dict(pathstar.TRAIN)
 
 
 def new_run(process_spec, kind, preset, given_model, given_train, out, overwrite):
@@ -63,11 +76,14 @@ def new_run(process_spec, kind, preset, given_model, given_train, out, overwrite
     kind = kind or "transformer"
     check_model_options(kind, given_model)
     proc = tinyseq.process(process_spec)
-    overrides, train_defaults = paper_preset(kind, proc) if preset == "paper" else ({}, {})
+    overrides, train_defaults = paper_preset(kind, proc) if preset == "paper" else task_defaults(proc, kind)
     overrides.update(given_model)
     config = TrainConfig(**{**train_defaults, **given_train}).validate()
-    overrides["n_future"] = objective_from(config).heads     # --objective mtp:N: N output heads
-    check_memory(make_config(kind, overrides, proc.vocab), config)   # check the sizes before touching the disk
+    objective = objective_from(config)
+    overrides["n_future"] = objective.heads                  # --objective mtp:N: N output heads
+    model_config = make_config(kind, overrides, proc.vocab)
+    task_for(proc, objective).check(model_config)            # e.g. reverse on an HMM, a path-star --n-ctx
+    check_memory(model_config, config)                       # check the sizes before touching the disk
     out = prepare_out(out, overwrite)
     model = build_model(kind, overrides, proc.vocab, config.dtype, config.seed, config.backend)
     return proc, model, config, out
@@ -89,6 +105,13 @@ def prepare_out(out: str, overwrite: bool) -> str:
     return out
 
 
+def same_process(a, b) -> bool:
+    """The same hidden Markov process (same T, whatever its name) or the same path-star task."""
+    if hasattr(a, "T") and hasattr(b, "T"):
+        return a.T.shape == b.T.shape and bool((a.T == b.T).all())
+    return a.to_spec() == b.to_spec()
+
+
 RESUME_CHANGEABLE = ("threads", "backend", "eval_every", "checkpoint_every")   # may differ on --resume
 
 
@@ -106,7 +129,7 @@ def resume_run(resume, process_spec, kind, preset, out, given_model, given_train
         raise TinyseqError(f"the run in {folder} already finished ({state.step} steps); start a new one with --out")
     if process_spec is not None:
         given = tinyseq.process(process_spec)
-        if given.T.shape != proc.T.shape or not (given.T == proc.T).all():
+        if not same_process(given, proc):
             raise TinyseqError(f"the run in {folder} was trained on {proc.label}, not {given.label}: drop --process")
     if kind is not None and kind != model_kind(model):
         raise TinyseqError(f"the run in {folder} is a {model_kind(model)}, not a {kind}: drop --model")
@@ -145,8 +168,12 @@ def demo_run(process_spec, kind, seconds, seed, threads, given_model, horizon, o
     """`tinyseq demo`'s run: -> (process, model, TrainConfig, out); the folder is replaced on every run."""
     check_model_options(kind, given_model)
     proc = tinyseq.process(process_spec)
-    config = TrainConfig(time=seconds, seed=seed, threads=threads).validate()
+    model_defaults, train_defaults = task_defaults(proc, kind)
+    train_defaults.pop("steps", None)
+    config = TrainConfig(**{**train_defaults, "time": seconds, "seed": seed, "threads": threads}).validate()
+    given_model = {**model_defaults, **given_model}
     cfg = make_config(kind, given_model, proc.vocab)
+    task_for(proc, objective_from(config)).check(cfg)
     check_memory(cfg, config)                                # sizes that cannot fit: refuse before the disk
     if horizon is not None and not 1 <= horizon < cfg.n_ctx:
         raise TinyseqError(f"--horizon {horizon} needs {horizon + 1} tokens but the context is {cfg.n_ctx}: "
@@ -167,6 +194,20 @@ def demo_facts(proc, n_ctx: int) -> dict:
     except TinyseqError:
         facts["floor_nats"] = float("nan")
     return facts
+
+
+def probe_paths(model, spec: PathStar, seed: int = 0) -> dict:
+    """`tinyseq probe` on a path-star checkpoint: the objective and evaluation seed it was trained with (so
+    the held-out graphs are regenerated from the checkpoint alone), a random-init model of its architecture."""
+    from tinyseq.models import model_from_config
+    from tinyseq.objectives import PATH_OBJECTIVES
+
+    meta = model.meta or {}
+    name = (meta.get("objective") or {}).get("objective", "ntp")
+    variant = name if name in PATH_OBJECTIVES else "ntp"            # mtp:N writes the path start -> goal
+    eval_seed = int((meta.get("train") or {}).get("eval_seed", 0))
+    random_model = model_from_config(model.config, seed=1_000_003 + seed)
+    return pathstar.analyse_paths(model, spec, variant, random_model, eval_seed=eval_seed, seed=seed)
 
 
 def checkpoint_path(path: str) -> str:  # a run folder or its model.npz -> the checkpoint file

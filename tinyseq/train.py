@@ -37,8 +37,9 @@ import numpy as np
 from tinyseq.errors import TinyseqError
 from tinyseq.models import model_kind
 from tinyseq.nn.ops import log_softmax
-from tinyseq.objectives import check_heads, objective_backward, objective_forward, objective_from
+from tinyseq.objectives import Batch, batch_forward, check_heads, objective_backward, objective_from
 from tinyseq.optim import adamw_step, adamw_step_numba, clip_grad_norm, lr_at
+from tinyseq.pathstar import PathStar, PathStarTask
 from tinyseq.processes import sample
 
 SCHEDULES = ("cosine", "constant")
@@ -297,6 +298,42 @@ def evaluate(model, ev: EvalSet) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the task interface: all train() needs to know about what it learns. A hidden Markov process is the
+# SequenceTask below; tinyseq/pathstar.py's PathStarTask is the other kind (fixed-length graph prompts, a
+# loss on the path tokens only, exact match instead of a Bayes floor).
+class SequenceTask:
+    """Next-token training on sequences sampled from a hidden Markov process, evaluated against h(L)."""
+
+    def __init__(self, process, objective):
+        if objective.variant is not None:
+            raise TinyseqError(f"--objective {objective.variant} rewrites a path-star task's path; {process.label} "
+                               f"is a sequence process: use ntp or mtp:N (or --process pathstar)")
+        self.process, self.objective = process, objective
+
+    def check(self, model_config) -> None:
+        return None                      # any context length: the process is sampled as long as needed
+
+    def start_facts(self, ev: EvalSet) -> dict:
+        return {"floor_nats": float(ev.floors.mean())}
+
+    def batch(self, rng, batch: int, n_ctx: int) -> Batch:
+        # N = heads targets per position: x_{t+1}..x_{t+N} (ntp: N = 1)
+        tokens = sample(self.process, batch, n_ctx + self.objective.heads, rng)     # (B, n_ctx + N)
+        return Batch.from_tokens(tokens, self.objective.heads)
+
+    def eval_set(self, n_ctx: int, n: int, seed: int) -> EvalSet:
+        return make_eval_set(self.process, n_ctx, n, seed)
+
+    def evaluate(self, model, ev: EvalSet) -> dict:
+        return evaluate(model, ev)
+
+
+def task_for(process, objective):
+    """The task interface for `process`: a PathStarTask for a path-star spec, else a SequenceTask."""
+    return PathStarTask(process, objective) if isinstance(process, PathStar) else SequenceTask(process, objective)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # run state, saved in the checkpoint so a run can resume exactly
 @dataclass
 class TrainState:
@@ -409,12 +446,11 @@ class NotFinite(Exception):
     """A loss or gradient norm that is NaN or infinite (train() turns it into one TrainingDiverged line)."""
 
 
-def train_step(model, process, objective, config, state, rng, lr, update) -> tuple:
+def train_step(model, task, objective, config, state, rng, lr, update) -> tuple:
     """sample -> forward -> loss -> backward -> clip -> AdamW.  -> (objective loss, [loss of each head], grad norm)"""
     P = model.params
-    # N = objective.heads targets per position: x_{t+1}..x_{t+N} (ntp: N = 1)
-    tokens = sample(process, config.batch, model.config.n_ctx + objective.heads, rng)  # (B, n_ctx + N)
-    loss, head_losses, saved = objective_forward(model, tokens, objective, model.ops)  # forward + loss
+    batch = task.batch(rng, config.batch, model.config.n_ctx)  # inputs (B, n_ctx), N targets (+ loss weights)
+    loss, head_losses, saved = batch_forward(model, batch, objective, model.ops)      # forward + loss
     if not math.isfinite(loss):
         raise NotFinite("the training loss", loss)
     P.zero_grad()
@@ -457,6 +493,8 @@ class _Run:
 
     def __init__(self, process, model, config, out, callback, state):
         self.config, self.objective = _check_run(process, model, config)
+        self.task = task_for(process, self.objective)
+        self.task.check(model.config)
         self.process, self.model, self.emit = process, model, callback or (lambda event: None)
         self.ckpt_path = _output_path(out)
         self.out = out
@@ -471,10 +509,10 @@ class _Run:
             raise TinyseqError(f"this run already has {self.state.step} of its {self.total} steps; nothing to resume")
         self.update = adamw_step_numba if self.config.backend == "numba" else adamw_step
         self.per_step = self.config.batch * model.config.n_ctx
-        self.ev = make_eval_set(process, model.config.n_ctx, self.config.eval_sequences, self.config.eval_seed)
+        self.ev = self.task.eval_set(model.config.n_ctx, self.config.eval_sequences, self.config.eval_seed)
         self.emit({"event": "start", "step": self.state.step, "steps": self.total, "time": self.config.time,
                    "params": model.params.size, "tokens_per_step": self.per_step,
-                   "floor_nats": float(self.ev.floors.mean()), "kind": model_kind(model),
+                   **self.task.start_facts(self.ev), "kind": model_kind(model),
                    "checkpoint": self.ckpt_path, "objective": self.objective.to_dict()})
         # the checkpoint a resumed run started from is good; a fresh run has none of its own yet
         resumed = self.ckpt_path and self.state.step > 0 and os.path.exists(self.ckpt_path)
@@ -494,7 +532,7 @@ class _Run:
             lr = lr_at(config, state.step, progress)
             t0 = time.perf_counter()
             try:
-                loss, head_losses, grad_norm = train_step(self.model, self.process, self.objective, config,
+                loss, head_losses, grad_norm = train_step(self.model, self.task, self.objective, config,
                                                           state, self.rng, lr, self.update)
             except NotFinite as e:
                 self.diverged(*e.args, lr)
@@ -531,7 +569,7 @@ class _Run:
             self.emit({"event": "checkpoint", "step": self.state.step, "path": self.ckpt_path})
 
     def run_eval(self) -> None:
-        self.state.last_eval = {"step": self.state.step, **evaluate(self.model, self.ev)}
+        self.state.last_eval = {"step": self.state.step, **self.task.evaluate(self.model, self.ev)}
         self.emit({"event": "eval", **self.state.last_eval})
 
     def diverged(self, what, value, lr):
@@ -605,6 +643,8 @@ def make_summary(process, model, config, state, status, ckpt_path) -> dict:
             "seconds": state.seconds,
             "tokens_per_s": (state.session_tokens / state.session_step_seconds
                              if state.session_step_seconds > 0 else None),
+            "paths": ({k: ev[k] for k in ("exact_match", "exact_match_chance", "path_accuracy", "n_graphs")}
+                      if "exact_match" in ev else None),
             "checkpoint": ckpt_path, "train": config.to_dict(),
             "threads": None if state.threads is None else threads_record(state.threads, with_history=True),
             "objective": objective_from(config).to_dict()}

@@ -41,7 +41,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinyseq import pathstar
 from tinyseq.errors import TinyseqError
+from tinyseq.lab.compare_paths import PATH_GRID
+from tinyseq.lab import compare_paths
+from tinyseq.objectives import PATH_OBJECTIVES
+from tinyseq.pathstar import PathStar
 from tinyseq.report import describe_set
 
 DEFAULT_GRID = ("transformer:ntp,transformer:myopia=0,transformer:myopia=1,transformer:myopia=3,"
@@ -59,8 +64,16 @@ DEFAULT_STEPS_OTHER = 600
 
 
 def default_steps(process) -> int:
-    """The default steps per run for a process: from DEFAULT_STEPS by catalogue name, else DEFAULT_STEPS_OTHER."""
+    """The default steps per run for a process: from DEFAULT_STEPS by catalogue name, else DEFAULT_STEPS_OTHER
+    (a path-star task: pathstar.TRAIN's steps)."""
+    if isinstance(process, PathStar):
+        return pathstar.TRAIN["steps"]
     return DEFAULT_STEPS.get(process.name.split(":")[0].lower(), DEFAULT_STEPS_OTHER)
+
+
+def default_grid(process) -> str:
+    """compare's grid when --grid is not given: DEFAULT_GRID, or PATH_GRID for a path-star task."""
+    return PATH_GRID if isinstance(process, PathStar) else DEFAULT_GRID
 DEFAULT_HORIZON = 3          # k = 1..3: enough to see the k-step structure, narrow enough for one table
 NOISE_SPREADS = 2.0          # a difference counts as real when it exceeds this many seed spreads of NTP's gap
 RESULT_VERSION = 1           # bump when what a run file holds changes (old files are then re-run)
@@ -73,13 +86,16 @@ class Variant:
     kind: str                    # transformer, rnn, gru, lstm
     heads: int = 1               # N output heads (mtp=N); 1 = next token only
     myopia: int | None = None    # M (myopia=M); None = ordinary backward
+    path: str | None = None      # a path-star objective (reverse, teacherless); None = the path as written
 
     @property
     def objective(self) -> str:
-        return "ntp" if self.heads == 1 else f"mtp:{self.heads}"
+        return self.path or ("ntp" if self.heads == 1 else f"mtp:{self.heads}")
 
     @property
     def name(self) -> str:
+        if self.path:
+            return f"{self.kind}:{self.path}"
         if self.heads > 1:
             return f"{self.kind}:mtp={self.heads}"
         if self.myopia is not None:
@@ -88,11 +104,12 @@ class Variant:
 
     @property
     def is_ntp(self) -> bool:
-        return self.heads == 1 and self.myopia is None
+        return self.heads == 1 and self.myopia is None and self.path is None
 
 
 GRID_HELP = ("a comma-separated list of ARCH:OBJECTIVE, ARCH one of transformer, rnn, gru, lstm and OBJECTIVE "
-             "ntp, myopia=M (M >= 0) or mtp=N (N >= 2), e.g. transformer:ntp,transformer:myopia=0,gru:ntp")
+             "ntp, myopia=M (M >= 0), mtp=N (N >= 2) or, for path-star, reverse or teacherless, "
+             "e.g. transformer:ntp,transformer:myopia=0,gru:ntp")
 
 
 def parse_variant(text: str) -> Variant:
@@ -106,10 +123,13 @@ def parse_variant(text: str) -> Variant:
         raise TinyseqError(f"grid entry {item!r}: unknown architecture {kind!r}: use one of {', '.join(KINDS)}")
     if obj == "ntp":
         return Variant(kind)
+    if obj in PATH_OBJECTIVES:
+        return Variant(kind, path=obj)
     name, eq, value = obj.partition("=")
     name, value = name.strip(), value.strip()
     if name not in ("myopia", "mtp"):
-        raise TinyseqError(f"grid entry {item!r}: unknown objective {obj!r}: use ntp, myopia=M or mtp=N")
+        raise TinyseqError(f"grid entry {item!r}: unknown objective {obj!r}: use ntp, myopia=M or mtp=N (path-star "
+                           f"also reverse, teacherless)")
     if not eq or not value.isdigit():
         raise TinyseqError(f"grid entry {item!r}: {name} needs a whole number, e.g. {kind}:{name}="
                            f"{'1' if name == 'myopia' else '2'}")
@@ -144,7 +164,9 @@ def run_specs(process, variants, seeds, seconds=None, steps=None, model_override
     """One JSON-able spec per (variant, seed). model_overrides: {kind: {field: value}} on top of the model
     defaults (e.g. {"transformer": {"d_model": 16}}); train_overrides: TrainConfig fields for every run."""
     from tinyseq.models import config_to_dict, make_config
-    from tinyseq.train import DEFAULT_LR, TrainConfig
+    from tinyseq.objectives import objective_from
+    from tinyseq.runs import task_defaults
+    from tinyseq.train import DEFAULT_LR, TrainConfig, task_for
 
     if (seconds is None) == (steps is None):
         raise TinyseqError("give one budget per run: seconds or steps")
@@ -155,19 +177,22 @@ def run_specs(process, variants, seeds, seconds=None, steps=None, model_override
         raise TinyseqError(f"model settings for {', '.join(unknown)}, which is not in the grid")
     specs = []
     for v in variants:
-        cfg = make_config(v.kind, {**model_overrides.get(v.kind, {}), "n_future": v.heads}, process.vocab)
+        task_model, task_train = task_defaults(process, v.kind)     # path-star: its model and settings
+        task_train.pop("steps", None)
+        cfg = make_config(v.kind, {**task_model, **model_overrides.get(v.kind, {}), "n_future": v.heads},
+                          process.vocab)
         if v.myopia is not None and v.myopia >= cfg.n_ctx:
             raise TinyseqError(f"grid entry {v.name}: myopia {v.myopia} reaches beyond the context of "
                                f"{cfg.n_ctx}; use 0..{cfg.n_ctx - 1} (M = {cfg.n_ctx - 1} cuts nothing)")
-        if not 1 <= horizon < cfg.n_ctx:
+        if not isinstance(process, PathStar) and not 1 <= horizon < cfg.n_ctx:
             raise TinyseqError(f"horizon {horizon} needs {horizon + 1} tokens but {v.kind}'s context is "
                                f"{cfg.n_ctx}: use 1..{cfg.n_ctx - 1}")
         for seed in seeds:
-            tc = TrainConfig(**{**(train_overrides or {}), **budget}, seed=int(seed), objective=v.objective,
-                             myopia=v.myopia, threads=None)
+            tc = TrainConfig(**{**task_train, **(train_overrides or {}), **budget}, seed=int(seed),
+                             objective=v.objective, myopia=v.myopia, threads=None)
             if tc.lr is None:
                 tc = dataclasses.replace(tc, lr=DEFAULT_LR[v.kind])       # written into the key explicitly
-            tc.validate()
+            task_for(process, objective_from(tc.validate())).check(cfg)    # e.g. reverse on an HMM: one line
             specs.append({"version": RESULT_VERSION, "process": process.to_spec(), "variant": v.name,
                           "seed": int(seed), "budget": budget, "model": config_to_dict(cfg),
                           "train": tc.to_dict(),
@@ -189,7 +214,6 @@ def run_file(out: str, spec: dict) -> str:
 def run_one(spec: dict, threads: int | None = None) -> dict:
     """Train and analyse one run (in a worker process or a Dask worker); returns a JSON-able record.
     Errors a user can act on (e.g. a diverged run) come back as {"status": "failed", "error": ...}."""
-    from tinyseq.analysis import analyse
     from tinyseq.models import config_from_dict, model_from_config
     from tinyseq.processes import process_from_dict
     from tinyseq.threads import set_threads
@@ -212,18 +236,30 @@ def run_one(spec: dict, threads: int | None = None) -> dict:
                              f"{config.warmup} warmup steps: the machine was too busy or --time-per-run too short; "
                              f"re-run to retry it"}
         t1 = time.perf_counter()
-        a = analyse(model, proc, horizon=spec["analysis"]["horizon"], seed=spec["seed"], random_init=None)
+        measured = (compare_paths.measure(model, proc, config.objective if config.objective in PATH_OBJECTIVES
+                                          else "ntp", spec["seed"])
+                    if isinstance(proc, PathStar) else measure_beliefs(model, proc, spec))
     except TinyseqError as e:
         return {**record, "status": "failed", "error": str(e)}
-    rows = [r for r in a["belief_recovery"] if r["control"] is None]
-    singles = [r for r in rows if r["hook"] != "concat"]
-    concat = next((r for r in rows if r["hook"] == "concat"), None)
-    best = max(singles, key=lambda r: r["r2"])
     return {**record, "status": "finished",
             "train": {"steps": summary["steps"], "tokens": summary["tokens"], "seconds": summary["seconds"],
                       "tokens_per_s": summary["tokens_per_s"], "params": summary["params"],
                       "train_eval_gap_nats": summary["loss"]["gap_nats"]},
-            "loss": {k: a["loss"][k] for k in ("mean_nats", "floor_nats", "gap_nats", "floor_exact")},
+            **measured,
+            "seconds": {"train": t1 - t0, "analysis": time.perf_counter() - t1,
+                        "total": time.perf_counter() - t0}, "threads": threads}
+
+
+def measure_beliefs(model, proc, spec: dict) -> dict:
+    """What one run on a hidden Markov process measures: loss against the floor, belief R^2, k-step."""
+    from tinyseq.analysis import analyse
+
+    a = analyse(model, proc, horizon=spec["analysis"]["horizon"], seed=spec["seed"], random_init=None)
+    rows = [r for r in a["belief_recovery"] if r["control"] is None]
+    singles = [r for r in rows if r["hook"] != "concat"]
+    concat = next((r for r in rows if r["hook"] == "concat"), None)
+    best = max(singles, key=lambda r: r["r2"])
+    return {"loss": {k: a["loss"][k] for k in ("mean_nats", "floor_nats", "gap_nats", "floor_exact")},
             "belief": {"best_hook": best["hook"], "best_label": best["label"], "best_r2": best["r2"],
                        "best_mse": best["mse"],
                        "concat_r2": concat["r2"] if concat else best["r2"],
@@ -232,9 +268,7 @@ def run_one(spec: dict, threads: int | None = None) -> dict:
                                           if r["control"] == "model_output"), None)},
             "kstep": [{k: r[k] for k in ("k", "baseline_accuracy", "bayes_accuracy", "probe_accuracy",
                                          "rollout_accuracy", "kl_bits")} for r in a["kstep"]],
-            "kstep_hook": a["kstep_hook_label"], "ranks": a["ranks"], "eval_set": describe_set(a["eval_set"]["facts"]),
-            "seconds": {"train": t1 - t0, "analysis": time.perf_counter() - t1,
-                        "total": time.perf_counter() - t0}, "threads": threads}
+            "kstep_hook": a["kstep_hook_label"], "ranks": a["ranks"], "eval_set": describe_set(a["eval_set"]["facts"])}
 
 
 def load_run(path: str, spec: dict) -> dict | None:
@@ -403,7 +437,9 @@ def _collect(results, records, specs, out, emit, t0):  # -> (status, [failed rec
                     save_json(path, record)
                 records[record["key"]] = record
                 emit({"event": "finished", "variant": spec["variant"], "seed": spec["seed"], "path": path,
-                      "done": len(records), "runs": len(specs), "gap_nats": record["loss"]["gap_nats"],
+                      "done": len(records), "runs": len(specs),
+                      "gap_nats": record["loss"]["gap_nats"] if "loss" in record else None,
+                      "exact_match": record["paths"]["exact_match"] if "paths" in record else None,
                       "seconds": record["seconds"]["total"], "elapsed": time.perf_counter() - t0})
             elif record["status"] == "failed":
                 failed.append(record)
@@ -433,6 +469,13 @@ def aggregate(process, variants, seeds, records, horizon, budget=None) -> dict:
     """Rows of mean +- spread over seeds per variant, and the sentence that says what they show."""
     by_variant = {v.name: {r["spec"]["seed"]: r for r in records if r["spec"]["variant"] == v.name}
                   for v in variants}
+    if isinstance(process, PathStar):
+        result = {"process": process.label, "task": "pathstar", "task_facts": {"d": process.d, "l": process.l},
+                  "n_graphs": pathstar.PROBE_GRAPHS, "horizon": horizon, "seeds": seeds, "budget": budget,
+                  "variants": [v.name for v in variants], "rows": compare_paths.aggregate_rows(variants, by_variant),
+                  "runs": [r["key"] for r in records]}
+        result["sentence"] = compare_paths.summary_sentence(result)
+        return result
     rows = []
     for v in variants:
         runs = by_variant[v.name]
@@ -486,6 +529,11 @@ def format_table(result) -> str:
     from tinyseq.report import fitted_table, wrap
 
     results = result if isinstance(result, list) else [result]
+    tasks = [res for res in results if res.get("task") == "pathstar"]     # each its own table (compare_paths)
+    results = [res for res in results if res.get("task") != "pathstar"]
+    if tasks:
+        return "\n\n".join([compare_paths.format_table(res) for res in tasks]
+                            + ([format_table(results)] if results else []))
     if not any(r["seeds"] for res in results for r in res["rows"]):
         return "no finished runs yet"
     many = len(results) > 1
