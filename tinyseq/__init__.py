@@ -13,6 +13,7 @@ Numba twins sort beside their references (nn/ops_numba.py, nn/recurrent_numba.py
 Notebook entry points:
     tinyseq.process("mess3")           -> Process (exact beliefs, h(L), k-step Bayes accuracy ...)
     tinyseq.process("my_process.json") -> Process from a JSON file
+    tinyseq.process({"mixture": [["mess3", 0.5], ["mess3:x=0.15,a=0.6", 0.5]]}) -> Mixture (tinyseq/mixture.py)
     tinyseq.load("run/model.npz")      -> a trained model with .logits(tokens) and .activations(tokens)
 """
 __version__ = "0.1.0"
@@ -21,7 +22,8 @@ from tinyseq.errors import TinyseqError  # noqa: E402
 
 
 def process(spec):
-    """A process from a catalogue name with optional parameters ("mess3", "mess3:x=0.15,a=0.6") or a JSON path."""
+    """A process from a catalogue name with optional parameters ("mess3", "mess3:x=0.15,a=0.6"), a JSON path,
+    inline JSON, or a dict (e.g. a mixture {"mixture": [[component, weight], ...]})."""
     from tinyseq.processes import parse_process
     return parse_process(spec)
 

@@ -11,11 +11,15 @@
         kstep             k = 1..K: baseline, Bayes, the model's own chained k-step marginal, a logistic probe,
                           the belief route (probed belief x exact k-step map), KL, fraction of gain
         picture           which hook the simplex picture shows (the points themselves with points=True)
+        in_context        mixtures only (else None): loss by position next to the mixture's floor h(L) and
+                          each component's own h_k(L); the posterior over components by position, exact
+                          and as read by an affine probe from the final hook
     }
 
 The stages, each a function a reader can call on its own from Python, in the order analyse() runs them:
     check_options -> evaluation_set -> choose_belief_set -> random_init_control -> loss_vs_floor ->
-    belief_recovery (belief_probe per hook, then the controls) -> distances -> kstep_accuracy -> picture -> headline
+    belief_recovery (belief_probe per hook, then the controls) -> dimensions -> in_context (mixtures) ->
+    distances -> kstep_accuracy -> picture -> headline
 
 Pure computation: nothing here prints, and no sentence is written here: the result holds numbers and facts
 (e.g. eval_set.facts), and tinyseq/report.py says them in words (report.describe adds the sentences). The model needs only .logits(tokens) (B, T) -> (B, T, V) and
@@ -41,7 +45,7 @@ import time
 import numpy as np
 
 from tinyseq import beliefs as B
-from tinyseq import probes
+from tinyseq import mixture, probes
 from tinyseq.errors import TinyseqError
 from tinyseq.nn.ops import softmax
 
@@ -67,6 +71,8 @@ RANDOM_INIT_MAX_SEQUENCES = 20_000  # the random-init control runs on at most th
 PICTURE_POINTS = 20_000      # held-out rows shown in the simplex picture (uniform over rows: shows the geometry)
 DISTANCE_PAIRS = 20_000      # pairs drawn for the pairwise-distance analysis
 DEFAULT_HORIZON = 5
+POSTERIOR_SPREAD_MIN = 1e-12  # a position whose posterior over components varies less than this (per coordinate,
+#                              squared) has no R^2: e.g. after mess3's first token, which says nothing, all 1/2
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -673,6 +679,55 @@ def dimensions(data, control=None) -> list[dict]:
     return rows
 
 
+def in_context(proc, data, bdata, loss, control=None) -> dict | None:
+    """Stage 6 (mixtures only, else None): learning in context. The loss at each position L next to the
+    mixture's floor h(L) and each component's own floor h_k(L); the exact posterior over components after t
+    tokens; and an affine probe from the final hook to that posterior, scored on held-out rows by position."""
+    if not mixture.is_mixture(proc):
+        return None
+    n_ctx = data.tokens.shape[1]
+    try:                                          # (K, n_ctx): h_k(L) for L = 2..n_ctx + 1
+        hk = mixture.component_floors(proc, n_ctx + 1)[:, 1:].T.tolist()
+    except TinyseqError:                          # a component's MSP too large at this depth
+        hk = [None] * n_ctx
+    post = mixture.component_posterior(proc, data.beliefs)             # (N, T, K) exact
+    w = data.weights / data.weights.sum()
+    hook = final_hook(bdata.hooks)
+    trained = posterior_probe(proc, bdata, bdata.acts, hook)
+    init = posterior_probe(proc, control[0], control[1], hook) if control and hook in control[1] else None
+    return {"components": [c.label for c in proc.components], "weights": proc.weights.tolist(),
+            "by_position": [{**p, "component_floors_nats": hk[t],
+                             "known_component_floor_nats": None if hk[t] is None else float(proc.weights @ hk[t])}
+                            for t, p in enumerate(loss["per_position"])],
+            "hook": hook, "hook_label": hook_label(hook),
+            "posterior": [{"tokens_read": t + 1,
+                           "entropy_nats": float(w @ mixture.posterior_entropy(post[:, t])),
+                           "true_component_posterior": float(w @ (post[:, t] ** 2).sum(axis=1)),
+                           "probe_mse": trained[t]["mse"], "probe_r2": trained[t]["r2"],
+                           "spread_mse": trained[t]["spread_mse"],
+                           "random_init_mse": init[t]["mse"] if init else None} for t in range(n_ctx)]}
+
+
+def posterior_probe(proc, data, acts, hook) -> list[dict]:
+    """An affine probe from `hook` to the posterior over components (K,), fitted on every fit row (all
+    positions at once), scored per position on the held-out rows: MSE per coordinate, R^2, and the spread
+    (the MSE of always answering that position's mean posterior: what the probe must beat)."""
+    fit, ev = _fit_rows(data), _heldout_rows(data)
+    feats = acts_features(data, acts, hook)
+    Y = mixture.component_posterior(proc, data.beliefs[fit.seqs, fit.pos])        # (U, K)
+    W, b = probes.fit_affine(feats(fit.seqs, fit.pos), Y, fit.w, 0.0)
+    Ye = mixture.component_posterior(proc, data.beliefs[ev.seqs, ev.pos])
+    Yhat = probes.predict_affine(feats(ev.seqs, ev.pos), W, b)
+    out = []
+    for t in range(data.tokens.shape[1]):
+        m = ev.pos == t
+        w = ev.w[m] / ev.w[m].sum()
+        spread = probes.mse(Ye[m], np.broadcast_to(w @ Ye[m], Ye[m].shape), w)
+        r2 = probes.r2_score(Ye[m], Yhat[m], w) if spread > POSTERIOR_SPREAD_MIN else None
+        out.append({"mse": probes.mse(Ye[m], Yhat[m], w), "r2": r2, "spread_mse": spread})
+    return out
+
+
 def picture(bdata, rows, fits, seed=0, points=False) -> dict:
     """Stage 7: the simplex picture: held-out prefixes' exact beliefs and where the best probe puts them."""
     best = min((r for r in rows if r["control"] is None), key=lambda r: r["mse"])
@@ -729,6 +784,9 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
         rows, fits = belief_recovery(process, bdata, control, ridge, seed)
     with clock("dimensions"):
         dims = dimensions(bdata, control)
+    loss = loss_vs_floor(process, data)
+    with clock("in_context"):
+        ctx = in_context(process, data, bdata, loss, control)
     _note_wide_probes(bdata, data, rows)
     ranks = B.observability_ranks(process)
     dist = distances(process, bdata, fits, seed) if ranks["next_token"] < process.n_states else None
@@ -739,7 +797,7 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
     return _json_safe({
         "process": process.label, "states": process.n_states, "vocab": process.vocab, "n_ctx": n_ctx,
         "horizon": horizon, "ranks": ranks, "eval_set": _set_summary(data, frac_fit, seed),
-        "loss": loss_vs_floor(process, data),
+        "loss": loss, "in_context": ctx,
         "belief_set": {"kind": bdata.kind, "same_sequences_as_eval_set": bdata.tokens is data.tokens,
                        "n_sequences": int(len(bdata.tokens)), "facts": bdata.facts},
         "belief_protocol_facts": _belief_protocol_facts(bdata, frac_fit, ridge, data, control),

@@ -19,6 +19,7 @@ import numpy as np
 
 from tinyseq.errors import TinyseqError
 from tinyseq.markov import closed_classes, stationary_distribution
+from tinyseq.mixture import mixture_facts
 from tinyseq.processes import CATALOGUE, catalogue_process
 
 BELIEF_TOL = 1e-9         # beliefs merged for computation when equal after rounding each coordinate to 1e-9
@@ -429,6 +430,7 @@ def process_facts(proc, depth: int = 10, horizon: int = 5, context: int = 10,
         "kstep_marginal_accuracy": base.tolist(),
         "ranks": observability_ranks(proc, rank_horizon),
         "belief_tolerance": BELIEF_TOL,
+        "mixture": mixture_facts(proc, depth, m),       # None unless proc is a mixture
     }
 
 

@@ -6,7 +6,8 @@ Layout of the archive (every entry a plain NumPy array, so `np.load(path, allow_
                          `weight_hh_l0` (PyTorch); a state dict that loads there by name. A multi-token
                          model (config n_future = N > 1) also holds its extra heads `mtp.{i}.*`, i = 2..N
     __config__           JSON string: {"kind": "transformer" | "rnn" | "gru" | "lstm", <config fields>}
-    __process__          JSON string: the process (Process.to_spec(): name, symbols, T)
+    __process__          JSON string: the process (Process.to_spec(): name, symbols, T; a mixture stores its
+                         JSON form {"mixture": [[component, weight], ...]}, each component whole)
     __meta__             JSON string: dtype, tinyseq version, and whatever the trainer records
                          (train config, step, tokens, seconds, RNG state, last evaluation, finished,
                          and "objective": {"objective": "ntp" | "mtp:N", "heads", "weights", "myopia"})

@@ -5,10 +5,12 @@ A process is a set of labeled transition matrices
     T[x, i, j] = P(emit symbol x, move to state j | in state i)        shape (V, S, S)
 
 V vocabulary size, S hidden states. M = sum_x T[x] is the state-to-state Markov matrix; every row of M must
-sum to 1. The process starts from the stationary distribution pi (pi @ M = pi), which must be unique.
+sum to 1. The process starts from the stationary distribution pi (pi @ M = pi), which must be unique, except
+for a mixture (tinyseq/mixture.py), which states its own stationary start.
 
 Everywhere tinyseq accepts a process it accepts a catalogue name with optional parameters
-("mess3", "mess3:x=0.15,a=0.6") or a path to a JSON file {"name": ..., "symbols": [...], "T": [[[...]]]}.
+("mess3", "mess3:x=0.15,a=0.6"), a path to a JSON file {"name": ..., "symbols": [...], "T": [[[...]]]}, or
+the same JSON inline; a JSON mixture is {"mixture": [[component, weight], ...]}.
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ class Process:
     T: np.ndarray                    # (V, S, S) float64, T[x, i, j] = P(x, j | i)
     symbols: list[str]               # V printable names
     params: dict = field(default_factory=dict)
-    stationary: np.ndarray = None    # (S,) unique stationary distribution, filled by make_process
+    stationary: np.ndarray = None    # (S,) the start: the unique stationary distribution, or a stated stationary
+    #                                  one (a mixture's: weights x each component's), filled by make_process
 
     @property
     def n_states(self) -> int:
@@ -76,8 +79,11 @@ class Process:
 
 # ----------------------------------------------------------------------------------------------------------
 # validation
-def make_process(T, name="custom", symbols=None, params=None) -> Process:
-    """Validate T (V, S, S) and build a Process; every problem is a one-line TinyseqError naming the entry."""
+def make_process(T, name="custom", symbols=None, params=None, init=None) -> Process:
+    """Validate T (V, S, S) and build a Process; every problem is a one-line TinyseqError naming the entry.
+
+    The process starts from its unique stationary distribution (one closed class of states required), or from
+    `init` (S,) when given: a stated stationary start for a process with several closed classes (a mixture)."""
     where = f"process '{name}'"
     try:
         T = np.array(T, dtype=np.float64)
@@ -115,16 +121,37 @@ def make_process(T, name="custom", symbols=None, params=None) -> Process:
     if len(set(symbols)) != V:
         raise TinyseqError(f"{where}: symbol names must be distinct, got {symbols}")
     M = T.sum(axis=0)
+    pi = unique_stationary(M, where) if init is None else stated_start(M, init, where)
+    return Process(name=name, T=T, symbols=symbols, params=dict(params or {}), stationary=pi)
+
+
+def unique_stationary(M, where) -> np.ndarray:  # (S, S) -> (S,)
+    """The stationary distribution of M, which must be unique: exactly one closed class of states."""
     classes = closed_classes(M)
     if len(classes) != 1:
         desc = "; ".join("{" + ",".join(map(str, c)) + "}" for c in classes)
         raise TinyseqError(f"{where}: not ergodic: {len(classes)} closed classes of states ({desc}), so the "
                            "stationary distribution is not unique; connect the classes so every state can reach one class")
     # the stationary law lives on the closed class; transient states get exactly 0
-    pi = np.zeros(S)
+    pi = np.zeros(M.shape[0])
     cls = classes[0]
     pi[cls] = stationary_distribution(M[np.ix_(cls, cls)])
-    return Process(name=name, T=T, symbols=symbols, params=dict(params or {}), stationary=pi)
+    return pi
+
+
+def stated_start(M, init, where) -> np.ndarray:  # (S, S), (S,) -> (S,)
+    """A stated initial distribution (a mixture's): a probability vector that M leaves unchanged, so every
+    position is drawn from the same law (the process is stationary) even with several closed classes."""
+    init = np.asarray(init, dtype=np.float64)
+    if init.shape != (M.shape[0],) or not np.all(np.isfinite(init)) or np.any(init < 0):
+        raise TinyseqError(f"{where}: the initial distribution must be {M.shape[0]} finite numbers >= 0")
+    if abs(init.sum() - 1.0) > ROW_SUM_TOL:
+        raise TinyseqError(f"{where}: the initial distribution sums to {init.sum():.12g}, not 1")
+    drift = np.abs(init @ M - init).max()
+    if drift > ROW_SUM_TOL:
+        raise TinyseqError(f"{where}: the initial distribution is not stationary (init @ M differs from it by "
+                           f"{drift:.3g}); give each closed class its stationary law")
+    return init
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -243,6 +270,8 @@ def parse_process(spec) -> Process:
     spec = os.fspath(spec).strip()
     if not spec:
         raise TinyseqError("empty process spec; give a name like 'mess3' or a path to a .json file")
+    if spec.startswith("{"):                                   # inline JSON, e.g. '{"mixture": [...]}'
+        return process_from_dict(_json_object(spec, "inline process spec"), where="inline process spec")
     if spec.lower().endswith(".json") or os.sep in spec or os.path.exists(spec):
         return load_process_json(spec)
     if spec.partition(":")[0].strip().lower() == "pathstar":      # a task, not a hidden Markov process
@@ -273,6 +302,9 @@ def parse_process(spec) -> Process:
 def process_from_dict(d, where="process") -> Process:
     if not isinstance(d, dict):
         raise TinyseqError(f"{where}: must be a JSON object with keys name, symbols, T; got {type(d).__name__}")
+    if "mixture" in d:                                         # {"mixture": [[component, weight], ...]}
+        from tinyseq.mixture import mixture_from_dict
+        return mixture_from_dict(d, where)
     if d.get("task") == "pathstar":
         return pathstar.from_dict(d, where)
     if "T" not in d:
@@ -321,11 +353,14 @@ def load_process_json(path: str) -> Process:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise TinyseqError(f"{where} cannot be read ({e.__class__.__name__}: {e})") from None
+    return process_from_dict(_json_object(text, where), where=where)
+
+
+def _json_object(text: str, where: str):
     try:
-        d = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise TinyseqError(f"{where} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    return process_from_dict(d, where=where)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -113,7 +113,31 @@ def process_report(f: dict) -> str:
         "How much of the belief each prediction reveals: the rank of the linear map from belief to it. Below\n"
         "the number of states, a model could predict that perfectly while forgetting part of the belief.",
         tabulate(rows, headers=["prediction", "rank"], colalign=("left", "right"))))
+    if f.get("mixture"):
+        out += ["", mixture_report(f["mixture"])]
     return "\n".join(out)
+
+
+def mixture_report(m: dict) -> str:
+    """`process show` on a mixture: h(L) by position next to each component's floor, and the posterior."""
+    K = len(m["components"])
+    rows = [[L + 1, f"{h:.5f}", f"{known:.5f}"] + [f"{hk[L]:.5f}" for hk in m["component_myopic_entropy_nats"]]
+            + [f"{e:.4f}", f"{p:.4f}"]
+            for L, (h, known, e, p) in enumerate(zip(m["myopic_entropy_nats"], m["known_component_floor_nats"],
+                                                     m["posterior_entropy_nats"], m["true_component_posterior"]))]
+    headers = ["L", "h(L)", "told"] + [f"h_{k + 1}(L)" for k in range(K)] + ["H(C|x)", "P(true)"]
+    names = "; ".join(f"h_{k + 1}: {lab} (weight {w:g})" for k, (lab, w) in enumerate(zip(m["components"],
+                                                                                         m["weights"])))
+    rate = f"{m['entropy_rate_nats']:.6f} nats" + ("" if m["entropy_rate_exact"] else " (from estimates h(depth))")
+    return "\n".join([
+        headed("A mixture: each sequence comes from one component, so h(L) keeps falling with L as the context "
+               "reveals which. 'told': sum_k w_k h_k(L), the floor of a reader told the component; h_k(L): each "
+               "component alone; H(C|x): the entropy of the posterior over components after L tokens (nats, "
+               f"{m['prior_entropy_nats']:.4f} before any); P(true): the posterior's mean weight on the true "
+               "component.", fitted_table(rows, headers, ("right",) * len(headers))),
+        wrap(names),
+        wrap(f"h(L) - told = H(C | x_1..L-1) - H(C | x_1..L): what token L reveals about the component. h(L) "
+             f"falls towards the mixture's entropy rate, the weighted mean of its components': {rate}.")])
 
 
 def gradcheck_report(results, tol) -> str:
@@ -313,6 +337,39 @@ def distance_table(a: dict) -> str:
                    f"drawn by probability."))
 
 
+def in_context_table(a: dict) -> str:
+    """Mixtures: the loss by position against h(L) and each component's h_k(L), then the posterior by position."""
+    c = a.get("in_context")
+    if not c:
+        return ""
+    K = len(c["components"])
+    names = "; ".join(f"h_{k + 1}: {lab} (weight {w:g})" for k, (lab, w) in enumerate(zip(c["components"],
+                                                                                         c["weights"])))
+    body = [[p["position"], f"{p['loss_nats']:.5f}", f"{p['floor_nats']:.5f}",
+             f"{100 * p['gap_nats'] / p['floor_nats']:.2f}%" if p["floor_nats"] > 0 else "-"]
+            + ([f"{h:.5f}" for h in [p["known_component_floor_nats"]] + p["component_floors_nats"]]
+               if p["component_floors_nats"] else ["-"] * (K + 1))
+            for p in c["by_position"]]
+    headers = ["L", "loss", "h(L)", "gap", "told"] + [f"h_{k + 1}(L)" for k in range(K)]
+    loss = fitted_table(body, headers, ("right",) * len(headers))
+    init = any(p["random_init_mse"] is not None for p in c["posterior"])
+    body = [[p["tokens_read"], f"{p['entropy_nats']:.4f}", f"{p['true_component_posterior']:.4f}",
+             _sci(p["probe_mse"]), "-" if p["probe_r2"] is None else f"{p['probe_r2']:.4f}", _sci(p["spread_mse"])]
+            + ([_sci(p["random_init_mse"])] if init else []) for p in c["posterior"]]
+    headers = ["t", "H(C|x)", "P(true)", "MSE", "R^2", "spread"] + (["MSE init"] if init else [])
+    post = tabulate(body, headers=headers, colalign=("right",) * len(headers))
+    return "\n".join([
+        headed("Learning in context: each sequence comes from one component of the mixture, so the floor h(L) "
+               "keeps falling as the tokens reveal which one. The loss at position L next to h(L) (gap: % of "
+               "h(L)), next to the floor of a reader told the component (told: sum_k w_k h_k(L)) and to each "
+               "component's own floor h_k(L), that component alone.", loss),
+        wrap(names), "",
+        headed(f"The posterior over components after t tokens: its exact entropy H(C|x) (nats) and the mean "
+               f"posterior of the true component, then an affine probe from {c['hook_label']} to it, scored on "
+               f"held-out rows (MSE per coordinate; spread: the MSE of always answering that position's mean"
+               + ("; init: the same probe at random init)." if init else ")."), post)])
+
+
 def kstep_table(a: dict, verbose: bool = False) -> str:
     a = _described(a)
     rows = a["kstep"]
@@ -346,6 +403,8 @@ def probe_report(a: dict, picture_text: str | None = None, verbose: bool = False
     parts = [eval_set_line(a), loss_line(a), "", belief_table(a, verbose)]
     if dimensions_table(a):
         parts += ["", dimensions_table(a)]
+    if in_context_table(a):
+        parts += ["", in_context_table(a)]
     dist = distance_table(a)
     if dist:
         parts += ["", dist]
