@@ -242,6 +242,9 @@ def parse_process(spec) -> Process:
     spec = os.fspath(spec).strip()
     if not spec:
         raise TinyseqError("empty process spec; give a name like 'mess3' or a path to a .json file")
+    if "*" in spec:                          # a product, mess3*z1r:p=0.5 (tinyseq/product.py)
+        from tinyseq.product import parse_product
+        return parse_product(spec)
     if spec.lower().endswith(".json") or os.sep in spec or os.path.exists(spec):
         return load_process_json(spec)
     name, _, rest = spec.partition(":")
@@ -270,6 +273,9 @@ def parse_process(spec) -> Process:
 def process_from_dict(d, where="process") -> Process:
     if not isinstance(d, dict):
         raise TinyseqError(f"{where}: must be a JSON object with keys name, symbols, T; got {type(d).__name__}")
+    if "product" in d:                       # {"product": [factor, ...]} (tinyseq/product.py)
+        from tinyseq.product import product_from_dict
+        return product_from_dict(d, where)
     if "T" not in d:
         raise TinyseqError(f"{where}: missing key 'T' (the V x S x S labeled transition matrices)")
     unknown = set(d) - {"name", "symbols", "T", "params"}
