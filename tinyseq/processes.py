@@ -9,6 +9,7 @@ sum to 1. The process starts from the stationary distribution pi (pi @ M = pi), 
 
 Everywhere tinyseq accepts a process it accepts a catalogue name with optional parameters
 ("mess3", "mess3:x=0.15,a=0.6") or a path to a JSON file {"name": ..., "symbols": [...], "T": [[[...]]]}.
+Products of independent processes ("mess3*z1r", {"product": [...]}) live in tinyseq/product.py.
 """
 from __future__ import annotations
 
