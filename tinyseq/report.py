@@ -354,8 +354,9 @@ def factor_table(a: dict) -> str:
                    + ("'init': the same on the random-init network. " if has_init else "")
                    + f"The joint is a product of the factors' beliefs, so it is not linear in them: read linearly "
                    f"from the exact factor beliefs side by side it reaches only R^2 {c['r2']:.4f} (MSE "
-                   f"{_sci(c['mse'])}). A layer with a joint R^2 near that holds the factors, not their products; "
-                   f"well above it, the products too."))
+                   f"{_sci(c['mse'])}), and no code whose features each depend on one factor only, however "
+                   f"nonlinear, does better (for independent factors the best additive fit to a product is linear in "
+                   f"them): a joint R^2 well above it means features that combine the factors."))
 
 
 def distance_table(a: dict) -> str:
