@@ -31,6 +31,8 @@ import numpy as np
 from tinyseq.errors import TinyseqError
 from tinyseq.processes import Process, parse_process, process_from_dict
 
+# beliefs.py imports this module for its product dispatch, so the functions below import beliefs when called
+
 PRODUCT_SEP = "*"            # the command-line form: factors joined by '*'
 SYMBOL_SEP = "."             # a joint symbol's name: the factors' symbol names joined by '.'
 MAX_JOINT_ENTRIES = 4_000_000  # V * S * S of the joint T we agree to build (32 MB of float64)
@@ -152,8 +154,8 @@ def factor_tokens(proc: Product, tokens) -> list[np.ndarray]:  # (B, T) joint to
 
 def factor_beliefs(proc: Product, tokens) -> list[np.ndarray]:  # (B, T) -> [(B, T, S_i) per factor]
     """Each factor's exact belief after every prefix, from its own tokens."""
-    from tinyseq.beliefs import belief_states
-    tokens = _joint_tokens(proc, tokens)
+    from tinyseq.beliefs import _check_process_tokens, belief_states
+    tokens = _check_process_tokens(proc, tokens)
     return [belief_states(f, x) for f, x in zip(proc.factors, factor_tokens(proc, tokens))]
 
 
@@ -167,17 +169,6 @@ def outer_beliefs(parts) -> np.ndarray:  # [(..., S_i)] -> (..., prod S_i), row-
 def product_belief_states(proc: Product, tokens) -> np.ndarray:  # (B, T) -> (B, T, S)
     """The joint belief: the outer product of the factors' beliefs (they are independent given the past)."""
     return outer_beliefs(factor_beliefs(proc, tokens))
-
-
-def _joint_tokens(proc, tokens) -> np.ndarray:
-    tokens = np.asarray(tokens)
-    if tokens.ndim == 1:
-        tokens = tokens[None, :]
-    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-        raise TinyseqError(f"tokens must be a (batch, time) array of integers, got shape {tokens.shape} {tokens.dtype}")
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= proc.vocab):
-        raise TinyseqError(f"tokens must lie in 0..{proc.vocab - 1} for {proc.label}")
-    return tokens
 
 
 # ----------------------------------------------------------------------------------------------------------
