@@ -13,6 +13,7 @@ Numba twins sort beside their references (nn/ops_numba.py, nn/recurrent_numba.py
 Notebook entry points:
     tinyseq.process("mess3")           -> Process (exact beliefs, h(L), k-step Bayes accuracy ...)
     tinyseq.process("my_process.json") -> Process from a JSON file
+    tinyseq.process("mess3*z1r")       -> a product of independent processes (product.py: facts from the factors)
     tinyseq.load("run/model.npz")      -> a trained model with .logits(tokens) and .activations(tokens)
 """
 __version__ = "0.1.0"
