@@ -230,8 +230,9 @@ def test_activations_that_are_the_factor_beliefs_give_factor_r2_one(factor_resul
     assert pair_angles["factors"] == [1, 2] and len(pair_angles["angles"]) == 2
     assert min(pair_angles["angles"]) > 80
     assert all(s["r2"] < 0.2 for s in row["random_init"]["factors"])
-    text = report.probe_report(factor_result)
+    text = " ".join(report.probe_report(factor_result).split())
     assert "Each factor's belief" in text and "f2 = z1r:p=0.5" in text
+    assert "sum (S_i - 1) = 4 dimensions together, the joint belief simplex prod S_i - 1 = 8" in text
 
 
 def test_activations_that_are_the_joint_belief_give_every_r2_one(pair):

@@ -19,7 +19,8 @@
 
 The stages, each a function a reader can call on its own from Python, in the order analyse() runs them:
     check_options -> evaluation_set -> choose_belief_set -> random_init_control -> loss_vs_floor ->
-    belief_recovery (belief_probe per hook, then the controls) -> dimensions -> factor_recovery -> distances -> kstep_accuracy -> picture -> headline
+    belief_recovery (belief_probe per hook, then the controls) -> dimensions -> factor_recovery -> distances ->
+    kstep_accuracy -> picture -> headline
 
 Pure computation: nothing here prints, and no sentence is written here: the result holds numbers and facts
 (e.g. eval_set.facts), and tinyseq/report.py says them in words (report.describe adds the sentences). The model needs only .logits(tokens) (B, T) -> (B, T, V) and
@@ -716,7 +717,8 @@ def _factor_scores(fdata, acts, hook, ridge, seed) -> dict:
     """Probes from one hook to each factor's belief, and the angles between the factor subspaces."""
     feats = [acts_features(d, acts, hook) for d in fdata]
     scores = [_score(belief_probe(d, f, hook, ridge, seed=seed)[0]) for d, f in zip(fdata, feats)]
-    return {"factors": scores, "angles_degrees": subspace_angles([factor_subspace(d, f) for d, f in zip(fdata, feats)])}
+    bases = [factor_subspace(d, f) for d, f in zip(fdata, feats)]
+    return {"factors": scores, "angles_degrees": subspace_angles(bases)}
 
 
 def _score(row) -> dict:
@@ -817,8 +819,8 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
         "belief_set": {"kind": bdata.kind, "same_sequences_as_eval_set": bdata.tokens is data.tokens,
                        "n_sequences": int(len(bdata.tokens)), "facts": bdata.facts},
         "belief_protocol_facts": _belief_protocol_facts(bdata, frac_fit, ridge, data, control),
-        "belief_recovery": rows, "dimensions": dims,
-        "belief_dimensions": belief_dimensions(process), "factors": factors, "distances": dist, "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
+        "belief_recovery": rows, "dimensions": dims, "belief_dimensions": belief_dimensions(process),
+        "factors": factors, "distances": dist, "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
         "kstep_protocol_facts": _kstep_protocol_facts(data, kfit, khook, tree is not None, kst, model),
         "kstep": kst, "picture": picture(bdata, rows, fits, seed, points), "summary": headline(data, rows, kst),
         "seconds": time.perf_counter() - t_start, "timings": timings})
