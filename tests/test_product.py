@@ -247,3 +247,27 @@ def test_dimension_references(pair):
     assert A.belief_dimensions(tinyseq.process("mess3")) == {"simplex": 2, "factors_sum": None}
     assert A.factor_recovery(tinyseq.process("mess3"), None, []) is None
     assert math.prod(f.n_states for f in pair.factors) - 1 == A.belief_dimensions(pair)["simplex"]
+
+
+def test_three_factors_flatten_row_major():
+    a, b, c = (tinyseq.process(n) for n in ("even", "z1r", "golden_mean"))
+    p = tinyseq.process("even*z1r*golden_mean")
+    want = np.einsum("aip,bjq,ckr->abcijkpqr", a.T, b.T, c.T).reshape(8, 12, 12)
+    np.testing.assert_allclose(p.T, want, atol=1e-15)
+    assert p.symbols[5] == "1.0.1"                                         # 5 = 1*4 + 0*2 + 1
+    tokens = p.sample(3, 6, np.random.default_rng(1))
+    x = tokens.copy()
+    parts = [x // 4, (x // 2) % 2, x % 2]
+    joint = np.einsum("nti,ntj,ntk->ntijk", *[B.belief_states(f, t) for f, t in zip((a, b, c), parts)])
+    np.testing.assert_allclose(B.belief_states(p, tokens), joint.reshape(3, 6, 12), atol=1e-12)
+
+
+def test_subspace_angles_of_known_planes():
+    theta = np.radians(30.0)
+    e = np.eye(4)
+    first = e[:, :2]                                                       # the (e1, e2) plane
+    second = np.stack([np.cos(theta) * e[:, 0] + np.sin(theta) * e[:, 2], e[:, 3]], axis=1)
+    (got,) = A.subspace_angles([first, second])
+    assert got["angles"] == pytest.approx([30.0, 90.0], abs=1e-9)
+    assert [g["factors"] for g in A.subspace_angles([first, second, first])] == [[1, 2], [1, 3], [2, 3]]
+    assert A.subspace_angles([first, second, first])[1]["angles"] == pytest.approx([0.0, 0.0], abs=1e-6)
