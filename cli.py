@@ -76,7 +76,8 @@ def process_group():
               help="Future length n for the observability ranks (k-step marginals and joint futures, k <= n).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 def process_show_cmd(spec, depth, horizon, context, rank_horizon, as_json):
-    """Exact facts about process SPEC (a catalogue name like mess3:x=0.15,a=0.6, or a JSON file)."""
+    """Exact facts about process SPEC (a catalogue name like mess3:x=0.15,a=0.6, a product like mess3*z1r, or a
+    JSON file)."""
 
     proc = tinyseq.process(spec)
     if isinstance(proc, PathStar):
@@ -152,7 +153,8 @@ def _train_flags(f):
 
 @cli.command("train")
 @click.option("--process", "process_spec", default=None, metavar="SPEC",
-              help="Process to learn: a catalogue name (mess3, mess3:x=0.15,a=0.6) or a JSON file.")
+              help="Process to learn: a catalogue name (mess3, mess3:x=0.15,a=0.6), a product (mess3*z1r) or a JSON "
+                   "file.")
 @click.option("--model", "kind", type=click.Choice(_model_kinds()), default=None,
               help="Network to train [default: transformer].")
 @click.option("--preset", type=click.Choice(["paper"]), default=None,

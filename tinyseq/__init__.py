@@ -14,6 +14,7 @@ Notebook entry points:
     tinyseq.process("mess3")           -> Process (exact beliefs, h(L), k-step Bayes accuracy ...)
     tinyseq.process("my_process.json") -> Process from a JSON file
     tinyseq.process({"mixture": [["mess3", 0.5], ["mess3:x=0.15,a=0.6", 0.5]]}) -> Mixture (tinyseq/mixture.py)
+    tinyseq.process("mess3*z1r")       -> a product of independent processes (product.py: facts from the factors)
     tinyseq.load("run/model.npz")      -> a trained model with .logits(tokens) and .activations(tokens)
 """
 __version__ = "0.1.0"

@@ -6,6 +6,10 @@
         loss              the model's mean next-token loss against the Bayes floor, exact on that set
         belief_recovery   affine probes from each hook to the exact belief, with controls (random init,
                           shuffled labels, the model's own next-token output)
+        dimensions        principal components per hook for 90 / 95 / 99% of the variance (belief_dimensions:
+                          the simplex's S - 1 and, for a product, sum_i (S_i - 1))
+        factors           products only: probes to each factor's belief next to the joint's, and the principal
+                          angles between the factor subspaces (None for other processes)
         distances         when the next-token map has lower rank than the belief (rrxor, z1r): do distances
                           between probed beliefs follow true-belief distances or next-token distances?
         kstep             k = 1..K: baseline, Bayes, the model's own chained k-step marginal, a logistic probe,
@@ -19,7 +23,7 @@
 The stages, each a function a reader can call on its own from Python, in the order analyse() runs them:
     check_options -> evaluation_set -> choose_belief_set -> random_init_control -> loss_vs_floor ->
     belief_recovery (belief_probe per hook, then the controls) -> dimensions -> in_context (mixtures) ->
-    distances -> kstep_accuracy -> picture -> headline
+    factor_recovery (products) -> distances -> kstep_accuracy -> picture -> headline
 
 Pure computation: nothing here prints, and no sentence is written here: the result holds numbers and facts
 (e.g. eval_set.facts), and tinyseq/report.py says them in words (report.describe adds the sentences). The model needs only .logits(tokens) (B, T) -> (B, T, V) and
@@ -48,6 +52,7 @@ from tinyseq import beliefs as B
 from tinyseq import mixture, probes
 from tinyseq.errors import TinyseqError
 from tinyseq.nn.ops import softmax
+from tinyseq.product import factor_beliefs, is_product
 
 ENUMERATE_MAX = 100_000      # enumerate every sequence when vocab ** n_ctx is at most this (mess3 n_ctx 10: 59,049)
 SAMPLE_SEQUENCES = 10_000    # size of a sampled evaluation set (and the least a sampled belief-probe set gets)
@@ -728,6 +733,74 @@ def posterior_probe(proc, data, acts, hook) -> list[dict]:
     return out
 
 
+def belief_dimensions(process) -> dict:
+    """The dimensions the dimensions table compares with: the belief simplex's S - 1 and, for a product, the
+    factored sum_i (S_i - 1) next to the joint's prod_i S_i - 1 (the same number as S - 1)."""
+    factors = getattr(process, "factors", None)
+    return {"simplex": process.n_states - 1,
+            "factors_sum": sum(f.n_states - 1 for f in factors) if factors else None}
+
+
+def factor_recovery(process, bdata, rows, control=None, ridge="auto", seed=0) -> dict | None:
+    """Stage 5c, products only: per hook, affine probes to each factor's exact belief (and, from the belief
+    table, to the joint belief), the same on the random-init network, and the principal angles between the
+    factor subspaces (subspace_angles). The reference row: the joint read linearly from the exact factor beliefs
+    side by side, the most a purely factored code gives. None for a process that is not a product."""
+    if not is_product(process):
+        return None
+    fb = factor_beliefs(process, bdata.tokens)                                         # [(N, T, S_i)]
+    fdata = [_copy(bdata, beliefs=b) for b in fb]                                      # one copy per factor
+    cfdata = ([_copy(control[0], beliefs=b) for b in factor_beliefs(process, control[0].tokens)]
+              if control is not None else None)
+    joint = {(r["hook"], r["control"]): r for r in rows}
+    out = []
+    for h in list(bdata.hooks) + ([CONCAT] if len(bdata.hooks) > 1 else []):
+        row = {"hook": h, "label": hook_label(h), **_factor_scores(fdata, bdata.acts, h, ridge, seed),
+               "joint": _score(joint[(h, None)]), "random_init": None}
+        if cfdata is not None and (h == CONCAT or h in control[1]):
+            row["random_init"] = {**_factor_scores(cfdata, control[1], h, ridge, seed),
+                                  "joint": _score(joint[(h, "random_init")])}
+        out.append(row)
+    exact = lambda s, p: np.concatenate([b[s, p] for b in fb], axis=-1)  # noqa: E731  (n, sum S_i)
+    ceiling = belief_probe(bdata, exact, "factor_beliefs", ridge, control="factor_beliefs", seed=seed)[0]
+    return {"hooks": out, "factored_ceiling": _score(ceiling),
+            "factor_labels": [f.label for f in process.factors]}
+
+
+def _factor_scores(fdata, acts, hook, ridge, seed) -> dict:
+    """Probes from one hook to each factor's belief, and the angles between the factor subspaces."""
+    feats = [acts_features(d, acts, hook) for d in fdata]
+    scores = [_score(belief_probe(d, f, hook, ridge, seed=seed)[0]) for d, f in zip(fdata, feats)]
+    bases = [factor_subspace(d, f) for d, f in zip(fdata, feats)]
+    return {"factors": scores, "angles_degrees": subspace_angles(bases)}
+
+
+def _score(row) -> dict:
+    return {"r2": row["r2"], "mse": row["mse"]}
+
+
+def factor_subspace(data, feats) -> np.ndarray:  # -> (D, S_i - 1) orthonormal columns
+    """Where a factor lives in a hook: the span of the covariance between the activations and the factor's belief
+    over the fit rows, Cov(X, b) (D, S_i), i.e. the directions the activations move along when the belief moves.
+    (Not the probe's weights: least squares puts its largest weights on the activations' low-variance
+    directions, which a LayerNorm output has, so two probes' weights share directions the data barely uses.)
+    A belief's coordinates sum to 1, so Cov(X, b) @ 1 = 0 and the span has S_i - 1 dimensions."""
+    fit = _fit_rows(data)
+    X, Y, w = feats(fit.seqs, fit.pos), data.beliefs[fit.seqs, fit.pos], fit.w / fit.w.sum()
+    C = (X - w @ X).T @ ((Y - w @ Y) * w[:, None])                                   # (D, S_i)
+    return np.linalg.svd(C, full_matrices=False)[0][:, :min(Y.shape[1] - 1, X.shape[1])]
+
+
+def subspace_angles(bases) -> list[dict]:
+    """Principal angles in degrees (smallest first) between every pair of orthonormal bases (D, r_i): the arccos
+    of the singular values of Q_i^T Q_j. 90 degrees everywhere: orthogonal subspaces; 0: a shared direction."""
+    out = []
+    for i, j in itertools.combinations(range(len(bases)), 2):
+        cos = np.clip(np.linalg.svd(bases[i].T @ bases[j], compute_uv=False), 0.0, 1.0)   # largest first
+        out.append({"factors": [i + 1, j + 1], "angles": np.degrees(np.arccos(cos)).tolist()})
+    return out
+
+
 def picture(bdata, rows, fits, seed=0, points=False) -> dict:
     """Stage 7: the simplex picture: held-out prefixes' exact beliefs and where the best probe puts them."""
     best = min((r for r in rows if r["control"] is None), key=lambda r: r["mse"])
@@ -787,6 +860,8 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
     loss = loss_vs_floor(process, data)
     with clock("in_context"):
         ctx = in_context(process, data, bdata, loss, control)
+    with clock("factors"):
+        factors = factor_recovery(process, bdata, rows, control, ridge, seed)
     _note_wide_probes(bdata, data, rows)
     ranks = B.observability_ranks(process)
     dist = distances(process, bdata, fits, seed) if ranks["next_token"] < process.n_states else None
@@ -801,7 +876,8 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
         "belief_set": {"kind": bdata.kind, "same_sequences_as_eval_set": bdata.tokens is data.tokens,
                        "n_sequences": int(len(bdata.tokens)), "facts": bdata.facts},
         "belief_protocol_facts": _belief_protocol_facts(bdata, frac_fit, ridge, data, control),
-        "belief_recovery": rows, "dimensions": dims, "distances": dist, "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
+        "belief_recovery": rows, "dimensions": dims, "belief_dimensions": belief_dimensions(process),
+        "factors": factors, "distances": dist, "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
         "kstep_protocol_facts": _kstep_protocol_facts(data, kfit, khook, tree is not None, kst, model),
         "kstep": kst, "picture": picture(bdata, rows, fits, seed, points), "summary": headline(data, rows, kst),
         "seconds": time.perf_counter() - t_start, "timings": timings})

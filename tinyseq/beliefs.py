@@ -21,6 +21,7 @@ from tinyseq.errors import TinyseqError
 from tinyseq.markov import closed_classes, stationary_distribution
 from tinyseq.mixture import mixture_facts
 from tinyseq.processes import CATALOGUE, catalogue_process
+from tinyseq.product import is_product, product_belief_states, product_facts, product_myopic_entropies
 
 BELIEF_TOL = 1e-9         # beliefs merged for computation when equal after rounding each coordinate to 1e-9
 DISTINCT_DECIMALS = 5     # beliefs *counted* as distinct when they differ after rounding to 5 decimals
@@ -36,7 +37,10 @@ def belief_states(proc, tokens) -> np.ndarray:
     """(B, T) tokens -> (B, T, S) beliefs: position t holds P(state | x_1..x_{t+1}), after reading token t.
 
     Raises TinyseqError if a sequence is impossible under the process (its belief is undefined there).
+    A product's belief is the outer product of its factors' (tinyseq/product.py).
     """
+    if is_product(proc):
+        return product_belief_states(proc, tokens)
     tokens = _check_process_tokens(proc, tokens)
     B, T = tokens.shape
     out = np.empty((B, T, proc.n_states))
@@ -275,9 +279,12 @@ def myopic_entropies(proc, depth: int, m: MSP | None = None) -> np.ndarray:
     """h(L) = H(X_L | X_1..L-1) for L = 1..depth, in nats: the best possible expected loss at position L.
 
     Exact: h(L) = sum over beliefs after L-1 symbols of P(belief) * H(next-token distribution).
+    A product's h(L) is the sum of its factors' (its joint MSP is never enumerated).
     """
     if depth < 1:
         raise TinyseqError(f"depth must be >= 1, got {depth}")
+    if is_product(proc):
+        return product_myopic_entropies(proc, depth)
     m = m if m is not None and len(m.levels) >= depth else msp(proc, depth - 1)
     E = proc.emission
     return np.array([float(lvl.probs @ _entropy(lvl.beliefs @ E)) for lvl in m.levels[:depth]])
@@ -399,6 +406,8 @@ def process_facts(proc, depth: int = 10, horizon: int = 5, context: int = 10,
     for name, v in (("horizon", horizon), ("rank-horizon", rank_horizon)):
         if v > MAX_FACTS_HORIZON:   # one matrix power per k: a million of them is minutes for no new fact
             raise TinyseqError(f"--{name} {v} is too large: use at most {MAX_FACTS_HORIZON}")
+    if is_product(proc):                     # every fact from the factors' (tinyseq/product.py)
+        return product_facts(proc, depth, horizon, context, rank_horizon)
     m = msp(proc, max(depth, context))
     h = myopic_entropies(proc, depth, m)
     rate, exact = entropy_rate(proc, depth)

@@ -10,7 +10,9 @@ for a mixture (tinyseq/mixture.py), which states its own stationary start.
 
 Everywhere tinyseq accepts a process it accepts a catalogue name with optional parameters
 ("mess3", "mess3:x=0.15,a=0.6"), a path to a JSON file {"name": ..., "symbols": [...], "T": [[[...]]]}, or
-the same JSON inline; a JSON mixture is {"mixture": [[component, weight], ...]}.
+the same JSON inline; a JSON mixture is {"mixture": [[component, weight], ...]} (tinyseq/mixture.py), and
+products of independent processes ("mess3*z1r", {"product": [...]}) live in tinyseq/product.py. A path-star
+task ("pathstar:d=2,l=5,n=20") is not a hidden Markov process: parse_process hands it to tinyseq/pathstar.py.
 """
 from __future__ import annotations
 
@@ -272,6 +274,9 @@ def parse_process(spec) -> Process:
         raise TinyseqError("empty process spec; give a name like 'mess3' or a path to a .json file")
     if spec.startswith("{"):                                   # inline JSON, e.g. '{"mixture": [...]}'
         return process_from_dict(_json_object(spec, "inline process spec"), where="inline process spec")
+    if "*" in spec:                          # a product, mess3*z1r:p=0.5 (tinyseq/product.py)
+        from tinyseq.product import parse_product
+        return parse_product(spec)
     if spec.lower().endswith(".json") or os.sep in spec or os.path.exists(spec):
         return load_process_json(spec)
     if spec.partition(":")[0].strip().lower() == "pathstar":      # a task, not a hidden Markov process
@@ -307,6 +312,9 @@ def process_from_dict(d, where="process") -> Process:
         return mixture_from_dict(d, where)
     if d.get("task") == "pathstar":
         return pathstar.from_dict(d, where)
+    if "product" in d:                       # {"product": [factor, ...]} (tinyseq/product.py)
+        from tinyseq.product import product_from_dict
+        return product_from_dict(d, where)
     if "T" not in d:
         raise TinyseqError(f"{where}: missing key 'T' (the V x S x S labeled transition matrices)")
     unknown = set(d) - {"name", "symbols", "T", "params"}

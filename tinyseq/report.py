@@ -74,16 +74,20 @@ def catalogue_table(rows: list[dict]) -> str:
 def process_report(f: dict) -> str:
     out = []
     out.append(wrap(f"{f['name']}: {f['states']} hidden states, {f['vocab']} symbols ({', '.join(f['symbols'])})"))
+    if f.get("factors"):
+        out += [factors_table(f), ""]
     stat = ", ".join(f"{p:.4f}" for p in f["stationary"])
     rate = f"{f['entropy_rate_nats']:.6f} nats = {f['entropy_rate_bits']:.6f} bits"
+    rate += ", the sum of the factors'" if f.get("factors") else ""
     rate += " (exact)" if f["entropy_rate_exact"] else f" (estimate h({f['depth']}); the MSP is infinite)"
     cmu = f["statistical_complexity_nats"]
+    msp = ("not enumerated: see the factors" if f["msp_states"] is None else
+           f"{f['msp_states']:,}" + ("" if f["msp_finite"] else " (infinite MSP: grows with depth)"))
     facts = [
         ["stationary distribution", stat],
         ["entropy rate h_mu", rate],
         ["excess entropy (estimate to depth)", f"{f['excess_entropy_nats_estimate']:.6f} nats"],
-        [f"distinct beliefs to depth {f['depth']} (MSP)",
-         f"{f['msp_states']:,}" + ("" if f["msp_finite"] else " (infinite MSP: grows with depth)")],
+        [f"distinct beliefs to depth {f['depth']} (MSP)", msp],
         ["statistical complexity C_mu",
          f"{cmu:.6f} nats = {cmu / LN2:.6f} bits" if cmu is not None else "n/a (MSP not finite)"],
     ]
@@ -138,6 +142,23 @@ def mixture_report(m: dict) -> str:
         wrap(names),
         wrap(f"h(L) - told = H(C | x_1..L-1) - H(C | x_1..L): what token L reveals about the component. h(L) "
              f"falls towards the mixture's entropy rate, the weighted mean of its components': {rate}.")])
+
+
+def factors_table(f: dict) -> str:
+    """A product's factors, one row each, with the facts the product's own are combined from."""
+    rows = [[i + 1, p["name"], p["states"], p["vocab"], f"{p['entropy_rate_bits']:.6f}"
+             + ("" if p["entropy_rate_exact"] else "*"), f"{p['msp_states']:,}" + ("" if p["msp_finite"] else "+"),
+             "-" if p["statistical_complexity_nats"] is None else f"{p['statistical_complexity_nats'] / LN2:.4f}",
+             f"{p['kstep_bayes_accuracy'][0]:.4f}"] for i, p in enumerate(f["factors"])]
+    table = tabulate(rows, headers=["", "factor", "states", "vocab", "h (bits)", f"MSP d{f['depth']}", "C_mu bits",
+                                    "Bayes k=1"], colalign=("right", "left") + ("right",) * 6)
+    d = f["factor_dimensions"]
+    return (headed("A product of independent processes: the hidden state is the tuple of the factors' states, the "
+                   "symbol the tuple of their symbols (named factor symbols joined by '.'). Every exact fact below "
+                   "comes from the factors: beliefs are outer products of theirs, h(L) and h_mu are sums, the "
+                   "Bayes accuracies products; the joint MSP is never enumerated.", table) + "\n"
+            + wrap(f"Belief dimensions: sum (S_i - 1) = {d['sum']} for the factors, prod S_i - 1 = {d['joint']} for "
+                   "the joint simplex."))
 
 
 def gradcheck_report(results, tol) -> str:
@@ -316,9 +337,50 @@ def dimensions_table(a: dict) -> str:
             + ((d["random_init_components"] or ["-"] * len(pct)) if has_init else []) for d in dims]
     headers = ["activations", "width"] + pct + ([f"init {p}" for p in pct] if has_init else [])
     table = tabulate(body, headers=headers, colalign=("left",) + ("right",) * (len(headers) - 1))
+    ref = a.get("belief_dimensions") or {"simplex": a["states"] - 1, "factors_sum": None}
+    simplex = (f"the belief simplex has {ref['simplex']} dimensions" if ref["factors_sum"] is None else
+               f"the factors' belief simplices have sum (S_i - 1) = {ref['factors_sum']} dimensions together, the "
+               f"joint belief simplex prod S_i - 1 = {ref['simplex']}")
     return (headed("How many dimensions each layer uses: principal components of its held-out activations that "
-                   f"explain 90 / 95 / 99% of their variance; the belief simplex has {a['states'] - 1} dimensions"
+                   f"explain 90 / 95 / 99% of their variance; {simplex}"
                    + (" ('init': the same for the random-init network)." if has_init else "."), table))
+
+
+def factor_table(a: dict) -> str:
+    """Products: each factor's belief and the joint belief read from every hook, trained and at random init,
+    and the principal angles between the factor subspaces."""
+    f = a.get("factors")
+    if not f:
+        return ""
+    rows, n = f["hooks"], len(f["factor_labels"])
+    names = [f"f{i + 1}" for i in range(n)] + ["joint"]
+    has_init = any(r["random_init"] for r in rows)
+
+    def cells(block):
+        return [x for s in block["factors"] + [block["joint"]] for x in (f"{s['r2']:.4f}", _sci(s["mse"]))]
+
+    def angles(block):
+        return "; ".join(", ".join(f"{x:.0f}" for x in p["angles"]) for p in block["angles_degrees"])
+
+    body = [[r["label"]] + cells(r) + [angles(r)]
+            + ((cells(r["random_init"]) + [angles(r["random_init"])]) if r["random_init"] else
+               (["-"] * (2 * n + 3) if has_init else [])) for r in rows]
+    headers = (["activations"] + [f"{m} {k}" for m in names for k in ("R^2", "MSE")] + ["angles"]
+               + ([f"init {m} {k}" for m in names for k in ("R^2", "MSE")] + ["init angles"] if has_init else []))
+    table = fitted_table(body, headers, ("left",) + ("right",) * (len(headers) - 1))
+    c = f["factored_ceiling"]
+    return (headed("Each factor's belief, and the joint belief (their outer product), read from every layer by "
+                   "affine probes scored on held-out sequences (the same split as the belief table).", table) + "\n"
+            + wrap("; ".join(f"f{i + 1} = {x}" for i, x in enumerate(f["factor_labels"])) + ". angles: principal "
+                   "angles in degrees between the factor subspaces (each the span of Cov(activations, factor "
+                   "belief): the directions that move with that factor; 90 = orthogonal"
+                   + (", one pair per ';'" if n > 2 else "") + "). "
+                   + ("'init': the same on the random-init network. " if has_init else "")
+                   + f"The joint is a product of the factors' beliefs, so it is not linear in them: read linearly "
+                   f"from the exact factor beliefs side by side it reaches only R^2 {c['r2']:.4f} (MSE "
+                   f"{_sci(c['mse'])}), and no code whose features each depend on one factor only, however "
+                   f"nonlinear, does better (for independent factors the best additive fit to a product is linear in "
+                   f"them): a joint R^2 well above it means features that combine the factors."))
 
 
 def distance_table(a: dict) -> str:
@@ -405,6 +467,8 @@ def probe_report(a: dict, picture_text: str | None = None, verbose: bool = False
         parts += ["", dimensions_table(a)]
     if in_context_table(a):
         parts += ["", in_context_table(a)]
+    if factor_table(a):
+        parts += ["", factor_table(a)]
     dist = distance_table(a)
     if dist:
         parts += ["", dist]

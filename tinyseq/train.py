@@ -261,7 +261,8 @@ def make_eval_set(process, n_ctx: int, n_sequences: int = 4096, seed: int = 0) -
     tokens = sample(process, n_sequences, n_ctx + 1, rng)                       # (N, n_ctx + 1)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     bayes = next_token_probs(process, belief_states(process, inputs))          # (N, n_ctx, V)
-    if process.vocab ** n_ctx <= EXACT_FLOOR_MAX:
+    factors = getattr(process, "factors", None) or [process]     # a product's h(L) is its factors' sum
+    if max(f.vocab for f in factors) ** n_ctx <= EXACT_FLOOR_MAX:
         floors, exact = myopic_entropies(process, n_ctx + 1)[1:], True
     else:   # the MSP is too large to enumerate: the mean entropy of the exact predictions estimates h(L)
         with np.errstate(divide="ignore", invalid="ignore"):
