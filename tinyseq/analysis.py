@@ -42,6 +42,7 @@ import numpy as np
 
 from tinyseq import beliefs as B
 from tinyseq import probes
+from tinyseq import shuffle
 from tinyseq.errors import TinyseqError
 from tinyseq.nn.ops import softmax
 
@@ -673,6 +674,42 @@ def dimensions(data, control=None) -> list[dict]:
     return rows
 
 
+SHUFFLE_PERMUTATIONS = 200   # the shuffle control's default number of permutations (`probe --permutations N`)
+
+
+def shuffle_control(process, data, rows, permutations=SHUFFLE_PERMUTATIONS, seed=0) -> dict:
+    """Stage 5c: for a process whose next-token map has rank < S, the held-out R^2 of the best hook, of all hooks
+    concatenated and of the model's own next-token output, before and after the part of the belief the next
+    token cannot see is permuted among rows with the same next-token distribution (tinyseq/shuffle.py says
+    why and how). Each probe is refitted with the ridge of its row in the belief table. Full rank: skipped."""
+    S, r = process.n_states, B.observability_ranks(process)["next_token"]
+    out = {"permutations": int(permutations), "states": S, "next_token_rank": r, "skipped": None}
+    if r >= S:
+        return {**out, "skipped": f"the next-token map of {process.label} has full rank {S}: the next token "
+                                  f"sees the whole belief, so there is no unseen part to shuffle"}
+    fit_rows, held_rows = _fit_rows(data), _heldout_rows(data)
+    null = B.unseen_basis(process)                                      # (S, S - r)
+    fit_side, held_side = (shuffle.Side(rw.inv, len(rw.seqs), rw.raw_w, data.beliefs[rw.raw_seqs, rw.raw_pos],
+                                        process.emission, null) for rw in (fit_rows, held_rows))
+    out["movable_share"], out["ceiling"] = shuffle.movable_share(held_side), shuffle.ceiling(held_side)
+    if out["movable_share"] == 0:
+        return {**out, "skipped": "on these sequences the unseen part of the belief is a function of the "
+                                  "next-token distribution: there is nothing to permute"}
+    trained = [x for x in rows if x["control"] is None]
+    best = max((x for x in trained if x["hook"] != CONCAT), key=lambda x: x["r2"])
+    chosen = [best] + [x for x in trained if x["hook"] == CONCAT] + \
+             [x for x in rows if x["control"] == "model_output"]
+    features = []
+    for row in chosen:
+        feats = ((lambda s, p: data.probs[s, p]) if row["hook"] == "next_token_output"
+                 else acts_features(data, data.acts, row["hook"]))
+        features.append((feats(fit_rows.seqs, fit_rows.pos), feats(held_rows.seqs, held_rows.pos), row["ridge"]))
+    tests = shuffle.permutation_test(fit_side, held_side, features, permutations, np.random.default_rng((seed, 23)))
+    out["rows"] = [{"hook": row["hook"], "label": row["label"], "width": row["width"], "best_hook": row is best,
+                    "ridge": row["ridge"], **test} for row, test in zip(chosen, tests)]
+    return out
+
+
 def picture(bdata, rows, fits, seed=0, points=False) -> dict:
     """Stage 7: the simplex picture: held-out prefixes' exact beliefs and where the best probe puts them."""
     best = min((r for r in rows if r["control"] is None), key=lambda r: r["mse"])
@@ -705,7 +742,7 @@ def headline(data, rows, kst) -> dict:
 
 def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set="auto", weighting="probability",
             random_init="auto", n_ctx=None, n_sample=SAMPLE_SEQUENCES, frac_fit=0.2, ridge="auto",
-            kstep_hook="final", points=False) -> dict:
+            kstep_hook="final", points=False, permutations=None) -> dict:
     """Every table of `tinyseq probe`, as one JSON-able dict of numbers (see the module docstring for the keys;
     report.describe(result) adds the sentences). The stages above, in order, with their wall times.
 
@@ -714,11 +751,13 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
     protocol); random_init "auto" (model.config with another seed), a model, a factory seed -> model, or None;
     ridge "auto" (0 when the fit part has ROWS_PER_FEATURE rows per dimension, else 5-fold CV), or a number;
     kstep_hook "final" or "concat": the features of the k-step probe and the belief route;
-    points True: also the picture's points as arrays (not JSON-able).
+    points True: also the picture's points as arrays (not JSON-able);
+    permutations N: also run the shuffle control with N permutations (None: skip the stage, as demo and compare do).
     """
     t_start, timings = time.perf_counter(), {}
     n_ctx, horizon = check_options(model, process, n_ctx, horizon, seed, frac_fit, eval_set=eval_set,
                                    belief_set=belief_set, weighting=weighting, kstep_hook=kstep_hook)
+    _check_permutations(permutations)
     clock = _Stopwatch(timings)
     with clock("forward"):
         data, tree = evaluation_set(model, process, n_ctx, eval_set, n_sample, frac_fit, seed)
@@ -729,6 +768,10 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
         rows, fits = belief_recovery(process, bdata, control, ridge, seed)
     with clock("dimensions"):
         dims = dimensions(bdata, control)
+    shuf = None
+    if permutations is not None:
+        with clock("shuffle_control"):
+            shuf = shuffle_control(process, bdata, rows, permutations, seed)
     _note_wide_probes(bdata, data, rows)
     ranks = B.observability_ranks(process)
     dist = distances(process, bdata, fits, seed) if ranks["next_token"] < process.n_states else None
@@ -743,10 +786,18 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
         "belief_set": {"kind": bdata.kind, "same_sequences_as_eval_set": bdata.tokens is data.tokens,
                        "n_sequences": int(len(bdata.tokens)), "facts": bdata.facts},
         "belief_protocol_facts": _belief_protocol_facts(bdata, frac_fit, ridge, data, control),
-        "belief_recovery": rows, "dimensions": dims, "distances": dist, "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
+        "belief_recovery": rows, "dimensions": dims, "shuffle_control": shuf, "distances": dist,
+        "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
         "kstep_protocol_facts": _kstep_protocol_facts(data, kfit, khook, tree is not None, kst, model),
         "kstep": kst, "picture": picture(bdata, rows, fits, seed, points), "summary": headline(data, rows, kst),
         "seconds": time.perf_counter() - t_start, "timings": timings})
+
+
+def _check_permutations(permutations) -> None:
+    if permutations is None:
+        return
+    if isinstance(permutations, bool) or not isinstance(permutations, (int, np.integer)) or permutations < 1:
+        raise TinyseqError(f"permutations must be a positive integer, got {permutations!r}: e.g. --permutations 200")
 
 
 class _Stopwatch:
