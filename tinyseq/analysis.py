@@ -685,16 +685,14 @@ def shuffle_control(process, data, rows, permutations=SHUFFLE_PERMUTATIONS, seed
     S, r = process.n_states, B.observability_ranks(process)["next_token"]
     out = {"permutations": int(permutations), "states": S, "next_token_rank": r, "skipped": None}
     if r >= S:
-        return {**out, "skipped": f"the next-token map of {process.label} has full rank {S}: the next token "
-                                  f"sees the whole belief, so there is no unseen part to shuffle"}
+        return {**out, "skipped": "full rank: the next token sees the whole belief"}
     fit_rows, held_rows = _fit_rows(data), _heldout_rows(data)
     null = B.unseen_basis(process)                                      # (S, S - r)
     fit_side, held_side = (shuffle.Side(rw.inv, len(rw.seqs), rw.raw_w, data.beliefs[rw.raw_seqs, rw.raw_pos],
                                         process.emission, null) for rw in (fit_rows, held_rows))
     out["movable_share"], out["ceiling"] = shuffle.movable_share(held_side), shuffle.ceiling(held_side)
     if out["movable_share"] == 0:
-        return {**out, "skipped": "on these sequences the unseen part of the belief is a function of the "
-                                  "next-token distribution: there is nothing to permute"}
+        return {**out, "skipped": "the unseen part follows from the next token here"}
     trained = [x for x in rows if x["control"] is None]
     best = max((x for x in trained if x["hook"] != CONCAT), key=lambda x: x["r2"])
     chosen = [best] + [x for x in trained if x["hook"] == CONCAT] + \

@@ -297,6 +297,29 @@ def dimensions_table(a: dict) -> str:
                    + (" ('init': the same for the random-init network)." if has_init else "."), table))
 
 
+def shuffle_table(a: dict) -> str:
+    """The shuffle control: R^2 before and after the unseen part of the belief is permuted, with p-values."""
+    sc = a.get("shuffle_control")
+    if not sc:
+        return ""
+    if sc["skipped"]:
+        return wrap(f"Shuffle control skipped: {sc['skipped']}.")
+    n = sc["permutations"]
+    body = [[r["label"], r["width"], f"{r['r2']:.4f}", f"{r['shuffled_mean']:.4f} +- {r['shuffled_sd']:.4f}",
+             f"{r['drop']:+.4f}", f"{r['p_value']:.3f}"] for r in sc["rows"]]
+    table = tabulate(body, headers=["activations", "width", "R^2", "shuffled", "drop", "p"],
+                     colalign=("left",) + ("right",) * 5)
+    return (headed(f"Beyond the next token, by shuffling: the next token sees a rank-{sc['next_token_rank']} view of "
+                   f"the {sc['states']}-state belief. The part it cannot see (the unseen part) is permuted among "
+                   f"held-out and among fit rows with the same next-token distribution, and each probe is refitted "
+                   f"({n} times): a layer that holds the unseen part loses R^2, one that holds only the next-token "
+                   f"distribution loses none.", table) + "\n"
+            + wrap(f"shuffled: mean +- sd over the {n} permutations; p = (1 + permutations scoring at least the real "
+                   f"R^2) / (1 + {n}), at least {1 / (n + 1):.3f}. No probe can expect an R^2 above "
+                   f"{sc['ceiling']:.3f} after the shuffle ({100 * sc['movable_share']:.0f}% of held-out rows share "
+                   f"their next-token distribution with rows of another unseen part)."))
+
+
 def distance_table(a: dict) -> str:
     d = a.get("distances")
     if not d:
@@ -346,9 +369,9 @@ def probe_report(a: dict, picture_text: str | None = None, verbose: bool = False
     parts = [eval_set_line(a), loss_line(a), "", belief_table(a, verbose)]
     if dimensions_table(a):
         parts += ["", dimensions_table(a)]
-    dist = distance_table(a)
-    if dist:
-        parts += ["", dist]
+    for section in (shuffle_table(a), distance_table(a)):
+        if section:
+            parts += ["", section]
     parts += ["", kstep_table(a, verbose)]
     if picture_text:
         parts += ["", simplex_section(a, picture_text)]

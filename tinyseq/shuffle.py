@@ -32,7 +32,8 @@ import numpy as np
 
 from tinyseq import probes
 
-TIE_TOL = 1e-10        # a permuted R^2 within this of the real one counts as a tie (>= real) in the p-value
+TIE_TOL = 1e-8         # a permuted R^2 within this of the real one counts as a tie (>= real) in the p-value: a
+#                        refit that should not move can move by ~1e-10 (float32 features, nearly collinear columns)
 Q_DECIMALS = 9         # next-token distributions equal to 9 decimals share a group (float noise is ~1e-15)
 BATCH_CELLS = 2_000_000  # permutations per batch: at most this many (prefix x coordinate) cells per batch array
 
