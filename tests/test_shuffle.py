@@ -206,6 +206,39 @@ def test_two_hooks_get_a_concatenation_row(rrxor):
     assert rows["concat"]["p_value"] == pytest.approx(1 / 6)
 
 
+def test_random_init_rows_are_shuffled_too(rrxor):
+    """A 'random-init network' whose one hook is the next-token distribution (paired with the trained 'belief'
+    hook by position): its row shows no drop while the trained row's drops, on the same shuffles."""
+    init = lambda seed: Stub(rrxor, 6, ("next_token",))  # noqa: E731
+    r = A.analyse(Stub(rrxor, 6), rrxor, horizon=2, random_init=init, n_sample=500, permutations=10)
+    by = {(x["hook"], x["control"]): x for x in r["shuffle_control"]["rows"]}
+    assert set(by) == {("belief", None), ("next_token_output", "model_output"), ("belief", "random_init")}
+    trained, before = by[("belief", None)], by[("belief", "random_init")]
+    assert trained["p_value"] == pytest.approx(1 / 11) and trained["drop"] > 0.3
+    assert before["p_value"] == 1.0 and abs(before["drop"]) < 1e-8
+    assert "random init: belief" in report.shuffle_table(r)
+
+
+def test_cli_probe_runs_the_shuffle_and_rejects_bad_counts(tmp_path):
+    from conftest import cli_in_process
+    from tinyseq.checkpoint import save
+    from tinyseq.models import build_model
+    proc = tinyseq.process("rrxor")
+    model = build_model("transformer", {"d_model": 8, "n_layers": 1, "n_heads": 1, "d_head": 4, "d_mlp": 16,
+                                        "n_ctx": 6}, proc.vocab, seed=0)
+    path = str(tmp_path / "model.npz")
+    save(path, model, process_spec=proc.to_spec(), meta={"process": proc.label})
+    r = cli_in_process(["probe", path, "--permutations", "7", "--json", "--threads", "1"])
+    assert r.returncode == 0, r.stderr
+    sc = json.loads(r.stdout)["shuffle_control"]
+    assert sc["permutations"] == 7 and all(len(x["shuffled"]) == 7 for x in sc["rows"])
+    assert all(abs(x["p_value"] * 8 - round(x["p_value"] * 8)) < 1e-12 for x in sc["rows"])   # (1 + k) / 8
+    for bad in ("0", "-1", "x"):
+        r = cli_in_process(["probe", path, "--permutations", bad])
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "--permutations" in lines[0], r.stderr
+
+
 def test_full_rank_process_is_skipped_with_a_reason():
     mess3 = tinyseq.process("mess3")
     r = A.analyse(Stub(mess3, 4), mess3, horizon=2, random_init=None, permutations=10)

@@ -677,35 +677,51 @@ def dimensions(data, control=None) -> list[dict]:
 SHUFFLE_PERMUTATIONS = 200   # the shuffle control's default number of permutations (`probe --permutations N`)
 
 
-def shuffle_control(process, data, rows, permutations=SHUFFLE_PERMUTATIONS, seed=0) -> dict:
+def shuffle_control(process, data, rows, permutations=SHUFFLE_PERMUTATIONS, seed=0, control=None) -> dict:
     """Stage 5c: for a process whose next-token map has rank < S, the held-out R^2 of the best hook, of all hooks
-    concatenated and of the model's own next-token output, before and after the part of the belief the next
-    token cannot see is permuted among rows with the same next-token distribution (tinyseq/shuffle.py says
-    why and how). Each probe is refitted with the ridge of its row in the belief table. Full rank: skipped."""
+    concatenated and of the model's own next-token output (and of the random-init network's best hook and
+    concatenation, when control is given), before and after the part of the belief the next token cannot see
+    is permuted among rows with the same next-token distribution (tinyseq/shuffle.py says why and how). Each
+    probe is refitted with the ridge of its row in the belief table. Full rank: skipped, with the reason."""
     S, r = process.n_states, B.observability_ranks(process)["next_token"]
     out = {"permutations": int(permutations), "states": S, "next_token_rank": r, "skipped": None}
     if r >= S:
         return {**out, "skipped": "full rank: the next token sees the whole belief"}
-    fit_rows, held_rows = _fit_rows(data), _heldout_rows(data)
-    null = B.unseen_basis(process)                                      # (S, S - r)
-    fit_side, held_side = (shuffle.Side(rw.inv, len(rw.seqs), rw.raw_w, data.beliefs[rw.raw_seqs, rw.raw_pos],
-                                        process.emission, null) for rw in (fit_rows, held_rows))
-    out["movable_share"], out["ceiling"] = shuffle.movable_share(held_side), shuffle.ceiling(held_side)
+    sides = _shuffle_sides(process, data)
+    out["movable_share"], out["ceiling"] = shuffle.movable_share(sides[1]), shuffle.ceiling(sides[1])
     if out["movable_share"] == 0:
         return {**out, "skipped": "the unseen part follows from the next token here"}
     trained = [x for x in rows if x["control"] is None]
     best = max((x for x in trained if x["hook"] != CONCAT), key=lambda x: x["r2"])
     chosen = [best] + [x for x in trained if x["hook"] == CONCAT] + \
              [x for x in rows if x["control"] == "model_output"]
+    rng = np.random.default_rng((seed, 23))
+    out["rows"] = _shuffled_rows(data, data.acts, chosen, sides, permutations, rng, best)
+    if control is not None:          # the same probes on the network before training
+        cdata, cacts = control
+        init = [x for x in rows if x["control"] == "random_init" and x["hook"] in (best["hook"], CONCAT)]
+        csides = sides if cdata is data else _shuffle_sides(process, cdata)
+        out["rows"] += _shuffled_rows(cdata, cacts, init, csides, permutations, rng, best)
+    return out
+
+
+def _shuffle_sides(process, data):  # -> (fit, held-out) shuffle.Side of a belief-probe set
+    null = B.unseen_basis(process)                                      # (S, S - r)
+    return tuple(shuffle.Side(rw.inv, len(rw.seqs), rw.raw_w, data.beliefs[rw.raw_seqs, rw.raw_pos],
+                              process.emission, null) for rw in (_fit_rows(data), _heldout_rows(data)))
+
+
+def _shuffled_rows(data, acts, chosen, sides, permutations, rng, best) -> list[dict]:
+    """The shuffle control's rows for the belief-table rows `chosen` (features from acts, or the model's output)."""
+    fit_rows, held_rows = _fit_rows(data), _heldout_rows(data)
     features = []
     for row in chosen:
         feats = ((lambda s, p: data.probs[s, p]) if row["hook"] == "next_token_output"
-                 else acts_features(data, data.acts, row["hook"]))
+                 else acts_features(data, acts, row["hook"]))
         features.append((feats(fit_rows.seqs, fit_rows.pos), feats(held_rows.seqs, held_rows.pos), row["ridge"]))
-    tests = shuffle.permutation_test(fit_side, held_side, features, permutations, np.random.default_rng((seed, 23)))
-    out["rows"] = [{"hook": row["hook"], "label": row["label"], "width": row["width"], "best_hook": row is best,
-                    "ridge": row["ridge"], **test} for row, test in zip(chosen, tests)]
-    return out
+    tests = shuffle.permutation_test(*sides, features, permutations, rng)
+    return [{"hook": row["hook"], "label": row["label"], "control": row["control"], "width": row["width"],
+             "best_hook": row is best, "ridge": row["ridge"], **test} for row, test in zip(chosen, tests)]
 
 
 def picture(bdata, rows, fits, seed=0, points=False) -> dict:
@@ -769,7 +785,7 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
     shuf = None
     if permutations is not None:
         with clock("shuffle_control"):
-            shuf = shuffle_control(process, bdata, rows, permutations, seed)
+            shuf = shuffle_control(process, bdata, rows, permutations, seed, control)
     _note_wide_probes(bdata, data, rows)
     ranks = B.observability_ranks(process)
     dist = distances(process, bdata, fits, seed) if ranks["next_token"] < process.n_states else None

@@ -305,8 +305,9 @@ def shuffle_table(a: dict) -> str:
     if sc["skipped"]:
         return wrap(f"Shuffle control skipped: {sc['skipped']}.")
     n = sc["permutations"]
-    body = [[r["label"], r["width"], f"{r['r2']:.4f}", f"{r['shuffled_mean']:.4f} +- {r['shuffled_sd']:.4f}",
-             f"{r['drop']:+.4f}", f"{r['p_value']:.3f}"] for r in sc["rows"]]
+    body = [[("random init: " if r["control"] == "random_init" else "") + r["label"], r["width"], f"{r['r2']:.4f}",
+             f"{r['shuffled_mean']:.4f} +- {r['shuffled_sd']:.4f}", f"{r['drop']:+.4f}", f"{r['p_value']:.3f}"]
+            for r in sc["rows"]]
     table = tabulate(body, headers=["activations", "width", "R^2", "shuffled", "drop", "p"],
                      colalign=("left",) + ("right",) * 5)
     return (headed(f"Beyond the next token, by shuffling: the next token sees a rank-{sc['next_token_rank']} view of "
