@@ -6,6 +6,8 @@
         loss              the model's mean next-token loss against the Bayes floor, exact on that set
         belief_recovery   affine probes from each hook to the exact belief, with controls (random init,
                           shuffled labels, the model's own next-token output)
+        shuffle_control   with permutations=N (probe), when the next-token map has lower rank than the belief:
+                          R^2 before and after the part of the belief the next token cannot see is shuffled
         distances         when the next-token map has lower rank than the belief (rrxor, z1r): do distances
                           between probed beliefs follow true-belief distances or next-token distances?
         kstep             k = 1..K: baseline, Bayes, the model's own chained k-step marginal, a logistic probe,
@@ -15,7 +17,8 @@
 
 The stages, each a function a reader can call on its own from Python, in the order analyse() runs them:
     check_options -> evaluation_set -> choose_belief_set -> random_init_control -> loss_vs_floor ->
-    belief_recovery (belief_probe per hook, then the controls) -> distances -> kstep_accuracy -> picture -> headline
+    belief_recovery (belief_probe per hook, then the controls) -> dimensions -> shuffle_control (opt-in) ->
+    distances -> kstep_accuracy -> picture -> headline
 
 Pure computation: nothing here prints, and no sentence is written here: the result holds numbers and facts
 (e.g. eval_set.facts), and tinyseq/report.py says them in words (report.describe adds the sentences). The model needs only .logits(tokens) (B, T) -> (B, T, V) and

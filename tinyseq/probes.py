@@ -15,6 +15,7 @@ writing it twice. `w=None` means uniform.
 
 Contents, in pipeline order:
     fit_affine / predict_affine              affine least-squares probe, optional ridge (intercept free)
+    affine_fit_operator                      the same fit as a linear map of the targets (cheap refits)
     r2_score / mse / mse_by_coordinate / rmse
     split_sequences / ridge_grid / group_folds / choose_ridge_cv
                                              20%/80% split by sequence, ridge by k-fold CV
