@@ -239,6 +239,26 @@ def test_cli_probe_runs_the_shuffle_and_rejects_bad_counts(tmp_path):
         assert r.returncode == 2 and len(lines) == 1 and "--permutations" in lines[0], r.stderr
 
 
+@pytest.mark.parametrize("kind", ["transformer", "rnn", "gru", "lstm"])
+def test_every_architecture_reproduces_the_belief_table(rrxor, kind):
+    """Untrained networks of every kind: the shuffle table's real R^2 of each hook's probe is the belief table's
+    (the refit shortcut reproduces the fit), and p takes only the values (1 + k) / (1 + N). Tolerance 1e-6: the
+    concatenated LayerNorm outputs of an untrained transformer are nearly collinear, and the SVD behind the
+    shortcut rounds differently from lstsq (3e-8 here). The output row is left out: an untrained net's two
+    output probabilities barely vary and sum to 1, a fit that keeps a rounding-level singular value either way."""
+    from tinyseq.models import build_model
+    sizes = {"n_ctx": 6, "n_layers": 2, **({"d_model": 8, "n_heads": 1, "d_head": 4, "d_mlp": 16}
+                                         if kind == "transformer" else {"hidden": 8})}
+    r = A.analyse(build_model(kind, sizes, rrxor.vocab, seed=0), rrxor, horizon=2, n_sample=500, permutations=5)
+    table = {(x["hook"], x["control"]): x["r2"] for x in r["belief_recovery"]}
+    rows = r["shuffle_control"]["rows"]
+    assert [x["control"] for x in rows] == [None, None, "model_output", "random_init", "random_init"]
+    for x in rows:
+        if x["control"] != "model_output":
+            assert x["r2"] == pytest.approx(table[(x["hook"], x["control"])], abs=1e-6)
+        assert x["p_value"] * 6 == pytest.approx(round(x["p_value"] * 6), abs=1e-12) and len(x["shuffled"]) == 5
+
+
 def test_full_rank_process_is_skipped_with_a_reason():
     mess3 = tinyseq.process("mess3")
     r = A.analyse(Stub(mess3, 4), mess3, horizon=2, random_init=None, permutations=10)
