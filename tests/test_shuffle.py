@@ -259,6 +259,19 @@ def test_every_architecture_reproduces_the_belief_table(rrxor, kind):
         assert x["p_value"] * 6 == pytest.approx(round(x["p_value"] * 6), abs=1e-12) and len(x["shuffled"]) == 5
 
 
+def test_demo_runs_the_shuffle_only_when_asked(tmp_path):
+    from conftest import cli_in_process
+    tiny = ["--d-model", "8", "--n-layers", "1", "--n-heads", "1", "--d-head", "4", "--d-mlp", "16", "--n-ctx", "5"]
+    base = ["demo", "--process", "rrxor", "--time", "1", "--no-live", "--threads", "1", *tiny]
+    r = cli_in_process([*base, "--out", str(tmp_path / "a"), "--shuffle"])
+    assert r.returncode == 0, r.stderr
+    assert "by shuffling" in r.stdout and "random init: " in r.stdout
+    r = cli_in_process([*base, "--out", str(tmp_path / "b"), "--json"])
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["shuffle_control"] is None and "shuffle_control" not in d["timings"]
+
+
 def test_full_rank_process_is_skipped_with_a_reason():
     mess3 = tinyseq.process("mess3")
     r = A.analyse(Stub(mess3, 4), mess3, horizon=2, random_init=None, permutations=10)
