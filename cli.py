@@ -12,7 +12,7 @@ import click
 
 import tinyseq
 from tinyseq import gradcheck, pathstar, plot, report, runs
-from tinyseq.analysis import analyse
+from tinyseq.analysis import SHUFFLE_PERMUTATIONS, analyse
 from tinyseq.beliefs import catalogue_summary, process_facts
 from tinyseq.errors import TinyseqError
 from tinyseq.exercises.cli import exercise_group
@@ -280,8 +280,9 @@ def _analysis_options(f):
     return f
 
 
-def _run_analysis(model, proc, horizon, seed, eval_set, weighting):
-    return analyse(model, proc, horizon=horizon, seed=seed, eval_set=eval_set, weighting=weighting, points=True)
+def _run_analysis(model, proc, horizon, seed, eval_set, weighting, permutations=None):
+    return analyse(model, proc, horizon=horizon, seed=seed, eval_set=eval_set, weighting=weighting, points=True,
+                   permutations=permutations)
 
 
 def _print_analysis(a, png, as_json, extra=None, before=(), verbose=False):
@@ -304,7 +305,7 @@ def _print_analysis(a, png, as_json, extra=None, before=(), verbose=False):
         click.echo(f"picture written to {png}")
 
 
-HMM_ONLY = ("eval_set", "weighting", "horizon", "png")   # analysis options that mean nothing for path-star
+HMM_ONLY = ("eval_set", "weighting", "horizon", "png", "permutations", "shuffle")   # belief-only options
 
 
 def _is_task(proc) -> bool:
@@ -353,20 +354,27 @@ def _check_png(png):
               help="Seed of the fit/held-out split, the samples and the random-init control.")
 @click.option("--threads", default="auto", show_default=True, metavar="auto|N",
               help="BLAS threads: auto (the cores other programs leave free) or a count.")
-def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_json, verbose, seed, threads):
+@click.option("--permutations", type=int, default=SHUFFLE_PERMUTATIONS, show_default=True, metavar="N",
+              help="Shuffle control (processes whose next token sees only part of the belief): permutations of "
+                   "the unseen part behind its p-value.")
+def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_json, verbose, seed, threads,
+              permutations):
     """What a saved network holds: belief-state recovery per layer (with random-init, shuffled-label and
-    output controls), the k-step-ahead table against Bayes, and the belief simplex.
+    output controls), the shuffle control where the next token sees only part of the belief, the k-step-ahead
+    table against Bayes, and the belief simplex.
 
     \b
         tinyseq probe runs/demo-mess3-transformer/model.npz
     """
+    if permutations < 1:
+        fail(f"--permutations must be at least 1, got {permutations}: e.g. --permutations {SHUFFLE_PERMUTATIONS}")
     _check_png(png)
     set_threads(static_threads(threads))
     path, model, proc = runs.load_for_probe(checkpoint, process_spec)
     extra = {"checkpoint": path, "model": config_to_dict(model.config)}
     if _is_task(proc):
         return _probe_paths(model, proc, seed, as_json, extra)
-    a = _run_analysis(model, proc, horizon, seed, eval_set, weighting)
+    a = _run_analysis(model, proc, horizon, seed, eval_set, weighting, permutations)
     said = report.wrap(f"{path}: a {model.kind} trained on {model.meta.get('process', proc.label)}, probed on "
                        f"{proc.label}")
     _print_analysis(a, png, as_json, extra, before=[said], verbose=verbose)
@@ -387,9 +395,12 @@ def probe_cmd(checkpoint, process_spec, horizon, eval_set, weighting, png, as_js
               help="BLAS threads: auto (timed on the first steps, drops to the free cores when another program "
                    "is busy) or a count.")
 @click.option("--no-live", is_flag=True, help="Only the progress line while training, not the live belief simplex.")
+@click.option("--shuffle", is_flag=True,
+              help=f"Also run the shuffle control ({SHUFFLE_PERMUTATIONS} permutations; rrxor, z1r, nond), as "
+                   f"`tinyseq probe` does.")
 @_model_flags
 def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png, as_json, verbose, seed, threads,
-             no_live, **model_options):
+             no_live, shuffle, **model_options):
     """Train a small network on a hidden Markov process, then show what it learned: loss against the Bayes
     floor, the belief state read out of every layer, k-step-ahead predictions, and the belief simplex.
 
@@ -421,7 +432,7 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
             click.echo("\n" + report.trained_line(summary))
         _probe_paths(tinyseq.load(path), proc, seed, as_json, extra)    # its objective and eval seed too
     else:
-        a = _run_analysis(model, proc, horizon, seed, eval_set, weighting)
+        a = _run_analysis(model, proc, horizon, seed, eval_set, weighting, SHUFFLE_PERMUTATIONS if shuffle else None)
         _print_analysis(a, png, as_json, extra, before=["", report.trained_line(summary)], verbose=verbose)
     if not as_json:
         click.echo("\n" + report.wrap(f"checkpoint: {path}") + "\nlook again with:\n  tinyseq probe " + path)

@@ -10,6 +10,8 @@
                           the simplex's S - 1 and, for a product, sum_i (S_i - 1))
         factors           products only: probes to each factor's belief next to the joint's, and the principal
                           angles between the factor subspaces (None for other processes)
+        shuffle_control   with permutations=N (probe), when the next-token map has lower rank than the belief:
+                          R^2 before and after the part of the belief the next token cannot see is shuffled
         distances         when the next-token map has lower rank than the belief (rrxor, z1r): do distances
                           between probed beliefs follow true-belief distances or next-token distances?
         kstep             k = 1..K: baseline, Bayes, the model's own chained k-step marginal, a logistic probe,
@@ -23,7 +25,7 @@
 The stages, each a function a reader can call on its own from Python, in the order analyse() runs them:
     check_options -> evaluation_set -> choose_belief_set -> random_init_control -> loss_vs_floor ->
     belief_recovery (belief_probe per hook, then the controls) -> dimensions -> in_context (mixtures) ->
-    factor_recovery (products) -> distances -> kstep_accuracy -> picture -> headline
+    factor_recovery (products) -> shuffle_control (opt-in) -> distances -> kstep_accuracy -> picture -> headline
 
 Pure computation: nothing here prints, and no sentence is written here: the result holds numbers and facts
 (e.g. eval_set.facts), and tinyseq/report.py says them in words (report.describe adds the sentences). The model needs only .logits(tokens) (B, T) -> (B, T, V) and
@@ -49,7 +51,7 @@ import time
 import numpy as np
 
 from tinyseq import beliefs as B
-from tinyseq import mixture, probes
+from tinyseq import mixture, probes, shuffle
 from tinyseq.errors import TinyseqError
 from tinyseq.nn.ops import softmax
 from tinyseq.product import factor_beliefs, is_product
@@ -799,6 +801,54 @@ def subspace_angles(bases) -> list[dict]:
         cos = np.clip(np.linalg.svd(bases[i].T @ bases[j], compute_uv=False), 0.0, 1.0)   # largest first
         out.append({"factors": [i + 1, j + 1], "angles": np.degrees(np.arccos(cos)).tolist()})
     return out
+SHUFFLE_PERMUTATIONS = 200   # the shuffle control's default number of permutations (`probe --permutations N`)
+
+
+def shuffle_control(process, data, rows, permutations=SHUFFLE_PERMUTATIONS, seed=0, control=None) -> dict:
+    """Stage 5c: for a process whose next-token map has rank < S, the held-out R^2 of the best hook, of all hooks
+    concatenated and of the model's own next-token output (and of the random-init network's best hook and
+    concatenation, when control is given), before and after the part of the belief the next token cannot see
+    is permuted among rows with the same next-token distribution (tinyseq/shuffle.py says why and how). Each
+    probe is refitted with the ridge of its row in the belief table. Full rank: skipped, with the reason."""
+    S, r = process.n_states, B.observability_ranks(process)["next_token"]
+    out = {"permutations": int(permutations), "states": S, "next_token_rank": r, "skipped": None}
+    if r >= S:
+        return {**out, "skipped": "full rank: the next token sees the whole belief"}
+    sides = _shuffle_sides(process, data)
+    out["movable_share"], out["ceiling"] = shuffle.movable_share(sides[1]), shuffle.ceiling(sides[1])
+    if out["movable_share"] == 0:
+        return {**out, "skipped": "the unseen part follows from the next token here"}
+    trained = [x for x in rows if x["control"] is None]
+    best = max((x for x in trained if x["hook"] != CONCAT), key=lambda x: x["r2"])
+    chosen = [best] + [x for x in trained if x["hook"] == CONCAT] + \
+             [x for x in rows if x["control"] == "model_output"]
+    rng = np.random.default_rng((seed, 23))
+    out["rows"] = _shuffled_rows(data, data.acts, chosen, sides, permutations, rng, best)
+    if control is not None:          # the same probes on the network before training
+        cdata, cacts = control
+        init = [x for x in rows if x["control"] == "random_init" and x["hook"] in (best["hook"], CONCAT)]
+        csides = sides if cdata is data else _shuffle_sides(process, cdata)
+        out["rows"] += _shuffled_rows(cdata, cacts, init, csides, permutations, rng, best)
+    return out
+
+
+def _shuffle_sides(process, data):  # -> (fit, held-out) shuffle.Side of a belief-probe set
+    null = B.unseen_basis(process)                                      # (S, S - r)
+    return tuple(shuffle.Side(rw.inv, len(rw.seqs), rw.raw_w, data.beliefs[rw.raw_seqs, rw.raw_pos],
+                              process.emission, null) for rw in (_fit_rows(data), _heldout_rows(data)))
+
+
+def _shuffled_rows(data, acts, chosen, sides, permutations, rng, best) -> list[dict]:
+    """The shuffle control's rows for the belief-table rows `chosen` (features from acts, or the model's output)."""
+    fit_rows, held_rows = _fit_rows(data), _heldout_rows(data)
+    features = []
+    for row in chosen:
+        feats = ((lambda s, p: data.probs[s, p]) if row["hook"] == "next_token_output"
+                 else acts_features(data, acts, row["hook"]))
+        features.append((feats(fit_rows.seqs, fit_rows.pos), feats(held_rows.seqs, held_rows.pos), row["ridge"]))
+    tests = shuffle.permutation_test(*sides, features, permutations, rng)
+    return [{"hook": row["hook"], "label": row["label"], "control": row["control"], "width": row["width"],
+             "best_hook": row is best, "ridge": row["ridge"], **test} for row, test in zip(chosen, tests)]
 
 
 def picture(bdata, rows, fits, seed=0, points=False) -> dict:
@@ -833,7 +883,7 @@ def headline(data, rows, kst) -> dict:
 
 def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set="auto", weighting="probability",
             random_init="auto", n_ctx=None, n_sample=SAMPLE_SEQUENCES, frac_fit=0.2, ridge="auto",
-            kstep_hook="final", points=False) -> dict:
+            kstep_hook="final", points=False, permutations=None) -> dict:
     """Every table of `tinyseq probe`, as one JSON-able dict of numbers (see the module docstring for the keys;
     report.describe(result) adds the sentences). The stages above, in order, with their wall times.
 
@@ -842,11 +892,13 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
     protocol); random_init "auto" (model.config with another seed), a model, a factory seed -> model, or None;
     ridge "auto" (0 when the fit part has ROWS_PER_FEATURE rows per dimension, else 5-fold CV), or a number;
     kstep_hook "final" or "concat": the features of the k-step probe and the belief route;
-    points True: also the picture's points as arrays (not JSON-able).
+    points True: also the picture's points as arrays (not JSON-able);
+    permutations N: also run the shuffle control with N permutations (None: skip the stage, as demo and compare do).
     """
     t_start, timings = time.perf_counter(), {}
     n_ctx, horizon = check_options(model, process, n_ctx, horizon, seed, frac_fit, eval_set=eval_set,
                                    belief_set=belief_set, weighting=weighting, kstep_hook=kstep_hook)
+    _check_permutations(permutations)
     clock = _Stopwatch(timings)
     with clock("forward"):
         data, tree = evaluation_set(model, process, n_ctx, eval_set, n_sample, frac_fit, seed)
@@ -862,6 +914,10 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
         ctx = in_context(process, data, bdata, loss, control)
     with clock("factors"):
         factors = factor_recovery(process, bdata, rows, control, ridge, seed)
+    shuf = None
+    if permutations is not None:
+        with clock("shuffle_control"):
+            shuf = shuffle_control(process, bdata, rows, permutations, seed, control)
     _note_wide_probes(bdata, data, rows)
     ranks = B.observability_ranks(process)
     dist = distances(process, bdata, fits, seed) if ranks["next_token"] < process.n_states else None
@@ -878,9 +934,18 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
         "belief_protocol_facts": _belief_protocol_facts(bdata, frac_fit, ridge, data, control),
         "belief_recovery": rows, "dimensions": dims, "belief_dimensions": belief_dimensions(process),
         "factors": factors, "distances": dist, "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
+        "belief_recovery": rows, "dimensions": dims, "shuffle_control": shuf, "distances": dist,
+        "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
         "kstep_protocol_facts": _kstep_protocol_facts(data, kfit, khook, tree is not None, kst, model),
         "kstep": kst, "picture": picture(bdata, rows, fits, seed, points), "summary": headline(data, rows, kst),
         "seconds": time.perf_counter() - t_start, "timings": timings})
+
+
+def _check_permutations(permutations) -> None:
+    if permutations is None:
+        return
+    if isinstance(permutations, bool) or not isinstance(permutations, (int, np.integer)) or permutations < 1:
+        raise TinyseqError(f"permutations must be a positive integer, got {permutations!r}: e.g. --permutations 200")
 
 
 class _Stopwatch:

@@ -372,6 +372,15 @@ def observability_ranks(proc, n: int = RANK_HORIZON) -> dict:
             "states": S, "horizon": n}
 
 
+
+def unseen_basis(proc) -> np.ndarray:
+    """(S, S - r) orthonormal basis N of the null space of E^T (r = rank of E): the part of a belief b that the
+    next-token distribution b @ E cannot see is its projection b @ N @ N.T (so that part @ E = 0), and the rest,
+    b - b @ N @ N.T, is a function of b @ E. No columns when E has full rank S (the next token sees everything)."""
+    u = np.linalg.svd(proc.emission, full_matrices=True)[0]             # E = u diag(s) v': u[:, :r] spans E's range
+    return u[:, _rank(proc.emission):]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # every sequence of a length with its exact probability (the evaluation set when V^L is small)
 def enumerate_sequences(proc, length: int, max_sequences: int = 2_000_000):

@@ -15,6 +15,7 @@ writing it twice. `w=None` means uniform.
 
 Contents, in pipeline order:
     fit_affine / predict_affine              affine least-squares probe, optional ridge (intercept free)
+    affine_fit_operator                      the same fit as a linear map of the targets (cheap refits)
     r2_score / mse / mse_by_coordinate / rmse
     split_sequences / ridge_grid / group_folds / choose_ridge_cv
                                              20%/80% split by sequence, ridge by k-fold CV
@@ -125,6 +126,28 @@ def fit_affine(X, Y, w=None, ridge=0.0):  # (N, D), (N, S), (N,) or None -> W (D
     Zw, Yw, x_mean, x_scale, y_mean = _standardise(X, Y, w)
     (coef,) = _solve_standardised(Zw, Yw, [float(ridge)])
     return _unstandardise(coef, x_mean, x_scale, y_mean)
+
+
+def affine_fit_operator(X, w=None, ridge=0.0):  # (N, D), (N,) or None -> A (D, N), x_mean (D,)
+    """fit_affine(X, Y, w, ridge) as a linear map of the targets, to refit many Y on the same X cheaply:
+
+        y_mean = w @ Y ;  W = A @ (Y - y_mean) ;  b = y_mean - x_mean @ W      (w normalised to sum 1)
+
+    A holds the standardisation, the weights and the solve (one SVD for ridge 0, where lstsq's minimum-norm
+    solution is the pseudo-inverse's; one (D, D) solve for ridge > 0), so each refit is one (D, N) x (N, S)
+    product. Same minimiser as fit_affine (tested against it)."""
+    X = np.asarray(X, dtype=np.float64)
+    w = _weights(w, X.shape[0])
+    x_mean, x_scale, const = _moments(X, w)
+    sw = np.sqrt(w)
+    Zw = (X - x_mean) / x_scale * sw[:, None]                        # (N, D) as in _standardise
+    Zw[:, const] = 0.0
+    if ridge == 0:
+        A = np.linalg.pinv(Zw, rcond=np.finfo(np.float64).eps * max(Zw.shape))   # lstsq's cutoff
+    else:
+        A = np.linalg.solve(Zw.T @ Zw + ridge * np.eye(Zw.shape[1]), Zw.T)
+    # forward was: coef = A_std @ (sqrt(w) * (Y - y_mean)) ; W = coef / x_scale
+    return A * sw[None, :] / x_scale[:, None], x_mean
 
 
 def predict_affine(X, W, b):  # (N, D), (D, S), (S,) -> (N, S)

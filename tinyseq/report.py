@@ -381,6 +381,30 @@ def factor_table(a: dict) -> str:
                    f"{_sci(c['mse'])}), and no code whose features each depend on one factor only, however "
                    f"nonlinear, does better (for independent factors the best additive fit to a product is linear in "
                    f"them): a joint R^2 well above it means features that combine the factors."))
+def shuffle_table(a: dict) -> str:
+    """The shuffle control: R^2 before and after the unseen part of the belief is permuted, with p-values."""
+    sc = a.get("shuffle_control")
+    if not sc:
+        return ""
+    if sc["skipped"]:
+        return wrap(f"Shuffle control skipped: {sc['skipped']}.")
+    n = sc["permutations"]
+    body = [[("random init: " if r["control"] == "random_init" else "") + r["label"], f"{r['r2']:.4f}",
+             f"{r['shuffled_mean']:.4f} ±{r['shuffled_sd']:.4f}", f"{r['drop']:+.4f}", f"{r['p_value']:.3f}"]
+            for r in sc["rows"]]
+    table = tabulate(body, headers=["activations", "R^2", "shuffled", "drop", "p"], colalign=("left",) + ("right",) * 4)
+    return (headed(f"Beyond the next token, by shuffling: the next token sees a rank-{sc['next_token_rank']} view of "
+                   f"the {sc['states']}-state belief. The part it cannot see (the unseen part) is permuted among "
+                   f"held-out and among fit rows with the same next-token distribution, and each probe is refitted "
+                   f"({n} times): a layer that holds the unseen part loses R^2, one that holds only the next-token "
+                   f"distribution loses none.", table) + "\n"
+            + wrap(f"shuffled: mean ± sd over the {n} permutations; p = (1 + permutations scoring at least the real "
+                   f"R^2) / (1 + {n}), at least {1 / (n + 1):.3f}. No probe can expect an R^2 above "
+                   f"{sc['ceiling']:.3f} after the shuffle ({100 * sc['movable_share']:.0f}% of held-out rows share "
+                   f"their next-token distribution with rows of another unseen part)."
+                   + (" 'random init': the same probes and shuffles on the network before training; a drop there "
+                      "comes from features that tell prefixes apart, not from learning the belief."
+                      if any(r["control"] == "random_init" for r in sc["rows"]) else "")))
 
 
 def distance_table(a: dict) -> str:
@@ -472,6 +496,9 @@ def probe_report(a: dict, picture_text: str | None = None, verbose: bool = False
     dist = distance_table(a)
     if dist:
         parts += ["", dist]
+    for section in (shuffle_table(a), distance_table(a)):
+        if section:
+            parts += ["", section]
     parts += ["", kstep_table(a, verbose)]
     if picture_text:
         parts += ["", simplex_section(a, picture_text)]
