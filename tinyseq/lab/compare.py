@@ -36,6 +36,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -540,7 +541,7 @@ def format_table(result) -> str:
     horizon = max(res["horizon"] for res in results)
     main, r2, acc, kl = [], [], [], []
     for res in results:
-        lead = [res["process"].split(":")[0]] if many else []
+        lead = [short_label(res["process"])] if many else []
         for name, r in zip(_row_names(res), res["rows"]):
             main.append(lead + [name, f"{r['steps']['mean']:.0f}" if r["steps"]["mean"] is not None else "-",
                                 _pm(r["gap_nats"], _short, _spread), _pm(r["vs_ntp_nats"], _signed, _spread)])
@@ -565,6 +566,11 @@ def format_table(result) -> str:
         fitted_table(acc, first + ["variant"] + ks, cols(horizon)), "",
         wrap("k-step KL (bits): KL(P* || the model fed its own predictions), the chained next-token function."),
         fitted_table(kl, first + ["variant"] + ks, cols(horizon))])
+
+
+def short_label(label: str) -> str:
+    """A process column's name: the label without parameters (mess3*z1r for a product, mixture for a mixture)."""
+    return "mixture" if label.startswith("mixture(") else re.sub(r":[^*]*", "", label)
 
 
 def _row_names(result) -> list[str]:  # variant names, marked where not every seed finished
