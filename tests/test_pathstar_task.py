@@ -211,19 +211,20 @@ def test_compare_grid_on_pathstar_runs_and_tabulates():
     assert "(chance, ntp)" in text and "plan probe" in text and result["sentence"].startswith("On pathstar")
 
 
-def _row(variant, exact, plan, chance=0.5):
+def _row(variant, exact, plan, chance=0.5, later=1.0):
     ms = lambda v: {"mean": v, "spread": 0.01, "n": 3}          # noqa: E731
     return {"variant": variant, "seeds": [0, 1, 2], "exact_match": ms(exact), "plan_generated": ms(plan),
-            "plan_chance": {"generated": chance, "teacher_forced": chance}}
+            "plan_chance": {"generated": chance, "teacher_forced": chance}, "later_teacher_forced": ms(later)}
 
 
 def test_compare_sentence_from_the_numbers():
     from tinyseq.lab.compare_paths import summary_sentence
 
-    result = {"process": SPEC, "n_graphs": 2000, "rows": [
+    result = {"process": SPEC, "n_graphs": 2000, "budget": {"steps": 100}, "rows": [
         _row("transformer:reverse", 0.99, 0.99, chance=1.0), _row("transformer:ntp", 0.49, 0.49),
-        _row("gru:ntp", 0.2, 0.3)]}
+        _row("gru:ntp", 0.2, 0.3), _row("gru:reverse", 0.0, 0.17, chance=1.0, later=0.18)]}
     text = summary_sentence(result)
     assert "reach the paths (exact match >= 0.95): transformer:reverse" in text
     assert "stay at chance on the planning step when generating: transformer:ntp" in text
+    assert "have not learned the edge lookups in 100 steps" in text and "gru:reverse (0.180" in text
     assert "in between: gru:ntp" in text

@@ -21,6 +21,7 @@ from tinyseq import pathstar
 
 PATH_GRID = ("transformer:ntp,transformer:reverse,transformer:teacherless,transformer:mtp=2,gru:ntp,gru:reverse")
 LEARNED = 0.95               # exact match at or above this: the variant "reaches the paths"
+LOOKUPS = 0.5                # the worst later step teacher-forced below this: the edge lookups are not learned
 
 
 def measure(model, spec, variant: str, seed: int, n_graphs: int = pathstar.PROBE_GRAPHS) -> dict:
@@ -107,23 +108,31 @@ def _chance_row(result) -> list | None:
 
 
 def summary_sentence(result: dict) -> str:
-    """Which objectives reach the paths (exact match >= LEARNED on average), which stay at chance on the planning
-    step (within 3 standard errors of 1/d), with the spread over seeds."""
+    """Which objectives reach the paths (exact match >= LEARNED on average), which learned the lookups but stay at
+    chance on the planning step (within 3 standard errors of 1/d), which did not learn the lookups at all in
+    this budget (the worst later step, teacher-forced, below LOOKUPS), with the spread over seeds."""
     rows = [r for r in result["rows"] if r["seeds"]]
     if not rows:
         return "No runs finished."
     n = result.get("n_graphs", pathstar.PROBE_GRAPHS)
     reach = [r for r in rows if r["exact_match"]["mean"] >= LEARNED]
-    stuck = [r for r in rows if r["plan_chance"] and r["plan_generated"]["mean"] is not None and
-             abs(r["plan_generated"]["mean"] - r["plan_chance"]["generated"])
-             <= 3 * math.sqrt(r["plan_chance"]["generated"] * (1 - r["plan_chance"]["generated"]) / n)]
+    no_lookups = [r for r in rows if r not in reach and r["later_teacher_forced"]["mean"] is not None
+                  and r["later_teacher_forced"]["mean"] < LOOKUPS]
+    stuck = [r for r in rows if r not in reach + no_lookups and r["plan_chance"]
+             and r["plan_generated"]["mean"] is not None and abs(r["plan_generated"]["mean"] - r["plan_chance"][
+                 "generated"]) <= 3 * math.sqrt(r["plan_chance"]["generated"] * (1 - r["plan_chance"]["generated"]) / n)]
     text = lambda r: f"{r['variant']} ({_pm(r['exact_match'])})"                   # noqa: E731
     said = [("reach the paths (exact match >= 0.95): " + ", ".join(text(r) for r in reach)) if reach
             else "no variant reaches exact match 0.95"]
     if stuck:
-        said.append("stay at chance on the planning step when generating: " + ", ".join(
-            f"{r['variant']} ({_pm(r['plan_generated'])} vs {r['plan_chance']['generated']:.3g})" for r in stuck))
-    rest = [r for r in rows if r not in reach and r not in stuck]
+        said.append("learn every lookup but stay at chance on the planning step when generating: " + ", ".join(
+            f"{r['variant']} ({_pm(r['plan_generated'])} vs {r['plan_chance']['generated']:.3g}, exact match "
+            f"{_pm(r['exact_match'])})" for r in stuck))
+    if no_lookups:
+        said.append(f"have not learned the edge lookups in {result['budget'].get('steps', 'this')} steps (worst later "
+                    f"step, teacher-forced, below {LOOKUPS}): " + ", ".join(
+                        f"{r['variant']} ({_pm(r['later_teacher_forced'])})" for r in no_lookups))
+    rest = [r for r in rows if r not in reach + stuck + no_lookups]
     if rest:
         said.append("in between: " + ", ".join(text(r) for r in rest))
     return f"On {result['process']}: " + "; ".join(said) + "."
