@@ -73,8 +73,9 @@ def test_masked_training_steps_match_torch():
     torch's clip_grad_norm_ from the same weights on the same batches: if tinyseq does not learn a task that a
     PyTorch model learns, the cause is the setup (schedule, budget, init), not the step."""
     from tinyseq import pathstar as ps
-    from tinyseq.optim import lr_at
-    from tinyseq.train import TrainConfig
+    from tinyseq.objectives import objective_from
+    from tinyseq.optim import adamw_step, lr_at
+    from tinyseq.train import TrainConfig, TrainState, task_for, train_step
 
     spec = ps.parse_spec("pathstar:d=2,l=3,n=6")
     cfg = TransformerConfig(d_vocab=spec.vocab, n_ctx=spec.n_ctx, n_layers=2, d_model=8, n_heads=2, d_head=4,
@@ -82,12 +83,15 @@ def test_masked_training_steps_match_torch():
     m = Transformer(cfg, dtype=np.float64, seed=0)
     sd = {name: torch.nn.Parameter(torch.tensor(value.copy())) for name, value in m.params.state_dict().items()}
     opt = torch.optim.AdamW(list(sd.values()), lr=1.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    plan = TrainConfig(lr=1e-2, warmup=3, steps=6, batch=16).validate()
-    state = {"m": np.zeros_like(m.params.data), "v": np.zeros_like(m.params.data), "step": 0}
+    plan = TrainConfig(lr=1e-2, warmup=3, steps=6, batch=16, objective="reverse").validate()
+    objective = objective_from(plan)
+    task = task_for(spec, objective)                                        # train()'s own step and task
+    state = TrainState(adam_m=np.zeros_like(m.params.data), adam_v=np.zeros_like(m.params.data))
     ours, theirs = np.random.default_rng(5), np.random.default_rng(5)      # the same batches
     for step in range(6):
         lr = lr_at(plan, step, step / 6)
-        loss = ps.train_step(m, spec, "reverse", ours, 16, lr, state, ops)
+        loss, _, _ = train_step(m, task, objective, plan, state, ours, lr, adamw_step)
+        state.step += 1
         inputs, targets, mask = ps.sample_batch(spec, theirs, 16, "reverse")
         ce = F.cross_entropy(torch_forward(sd, cfg, torch.tensor(inputs)).reshape(-1, cfg.d_vocab),
                              torch.tensor(targets).reshape(-1), reduction="none")

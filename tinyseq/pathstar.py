@@ -54,8 +54,10 @@ Contents, in pipeline order:
     generate / teacher_forced / path_accuracy greedy decoding and teacher-forced accuracy per position
     plan_targets / plan_candidates / prefix_features / plan_probe
                                               is the plan in the state before the first path token?
-    MODEL / SCHEDULE / train_pathstar         the model and schedule that learn the task, and a small
-                                              standalone training loop (masked loss, AdamW)
+    MODEL / TRAIN                             the model and settings `train` starts from on path-star
+    path_batch / PathStarTask                 train()'s task interface: a batch with its loss weights per head,
+                                              the held-out graphs, the evaluation (tinyseq/train.py trains)
+    analyse_paths                             what `tinyseq probe` measures on a path-star checkpoint
 
 Shape letters: B sequences, L sequence length (P + l), T model positions (L - 1), V vocabulary,
 NN nodes per graph (d(l-1) + 1), E edges, C feature width.
