@@ -152,7 +152,7 @@ def _train_flags(f):
               help="Network to train [default: transformer].")
 @click.option("--preset", type=click.Choice(["paper"]), default=None,
               help="paper: the published transformer for mess3 or rrxor (Shai et al. 2024) with training settings "
-              "per process (rrxor: lr 1e-3, batch 64, warmup 250, for a 40 s budget).")
+              "per process (rrxor: lr 1e-3, batch 64, warmup 250, betas 0.9 0.95, for a 40 s budget).")
 @_model_flags
 @_train_flags
 @click.option("--out", default=None, metavar="DIR", help="Directory for model.npz and summary.json (created).")
