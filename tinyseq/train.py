@@ -277,9 +277,13 @@ def evaluate(model, ev: EvalSet) -> dict:
     N, T = ev.inputs.shape
     kl = np.zeros(T)
     ce = np.zeros(T)
-    for lo in range(0, N, EVAL_CHUNK):
-        hi = min(N, lo + EVAL_CHUNK)
-        logq = log_softmax(model.logits(ev.inputs[lo:hi]), np.float64)                         # (n, T, V)
+    # a model with prefix_tree_logits (the transformer) computes each distinct prefix once: then a chunk of
+    # EVAL_CHUNK * T sequences has at most as many rows per pass as EVAL_CHUNK sequences through the forward
+    tree = getattr(model, "prefix_tree_logits", None)
+    chunk = EVAL_CHUNK * T if tree else EVAL_CHUNK
+    for lo in range(0, N, chunk):
+        hi = min(N, lo + chunk)
+        logq = log_softmax((tree or model.logits)(ev.inputs[lo:hi]), np.float64)               # (n, T, V)
         p = ev.bayes[lo:hi]
         with np.errstate(divide="ignore", invalid="ignore"):
             kl += np.where(p > 0, p * (np.log(p) - logq), 0.0).sum(axis=(0, 2))     # (T,)

@@ -346,23 +346,47 @@ class Transformer:
         for j in range(1, depth + 1):
             x = P["embed.W_E"][np.arange(V ** j) % V] + P["pos_embed.W_pos"][t + j - 1]  # (V^j, C) last token
             x = np.broadcast_to(x, (B,) + x.shape).reshape(B * V ** j, 1, cfg.d_model)  # (B*V^j, 1, C) a copy
+            anc = [np.arange(V ** j) // V ** (j - d) for d in range(1, j + 1)]  # ancestor at level d (d = j: itself)
             for l in range(cfg.n_layers):
-                x = self._tree_block(l, x, kv[l])
+                x = self._tree_block(l, x, kv[l], anc)
             xf = self._norm_forward("ln_final", x, {})
             levels.append(ops.linear_forward(xf, P["unembed.W_U"], P["unembed.b_U"]).reshape(B, V ** j, V))
         return levels
 
-    def _tree_block(self, l, x, kv):  # (B*n, 1, C), [prefix (k, v), level 1 (k, v), ...] -> (B*n, 1, C)
-        """_block_forward for the n = V^j tokens of level j of the continuation tree; appends their keys and
-        values to kv. Node i of level j has the ancestor i // V^(j-d) at level d."""
-        ops, P, p, NH, V = self.ops, self.params, f"blocks.{l}", self.config.n_heads, self.config.d_vocab
+    def prefix_tree_logits(self, tokens):  # (N, T) int -> (N, T, V)
+        """logits(tokens), computed once per distinct prefix. The logits, keys and values at position t depend
+        only on x_1..x_t (the model is causal), so sequences that share their first t tokens share them; a
+        held-out set of 4096 mess3 sequences of 10 tokens has 7,336 distinct prefixes for its 40,960 positions.
+        Level t of the prefix tree holds the distinct prefixes of length t + 1; each new token attends over the
+        cached keys and values of its ancestors (as continuation_logits, with no shared prefix)."""
+        ops, P, cfg, V = self.ops, self.params, self.config, self.config.d_vocab
+        tokens = check_tokens(tokens, cfg)
+        N, T = tokens.shape
+        none = np.zeros((1, 1, cfg.n_heads, 0, cfg.d_head), dtype=P.dtype)    # no shared prefix: 0 keys
+        kv = [[(none, none)] for _ in range(cfg.n_layers)]
+        node, anc = np.zeros(N, dtype=np.int64), []         # each sequence's node at the last level; ancestors
+        out = np.empty((N, T, V), dtype=P.dtype)
+        for t in range(T):
+            # a node of level t is a (parent node, token) pair: one key per distinct prefix
+            uniq, node = np.unique(node * V + tokens[:, t], return_inverse=True)     # (n,), (N,)
+            anc = [a[uniq // V] for a in anc] + [np.arange(len(uniq))]                # (n,) per level 0..t
+            x = (P["embed.W_E"][uniq % V] + P["pos_embed.W_pos"][t])[:, None]          # (n, 1, C)
+            for l in range(cfg.n_layers):
+                x = self._tree_block(l, x, kv[l], anc)
+            xf = self._norm_forward("ln_final", x, {})
+            out[:, t] = ops.linear_forward(xf, P["unembed.W_U"], P["unembed.b_U"])[node.reshape(-1), 0]
+        return out
+
+    def _tree_block(self, l, x, kv, anc):
+        # (B*n, 1, C), [prefix (k, v), level 1 (k, v), ...], [(n,) per level 1..j] -> (B*n, 1, C)
+        """_block_forward for the n tokens of level j of a tree of continuations of a prefix; appends their keys
+        and values to kv. anc[d - 1][i] is node i's ancestor at level d (anc[j - 1][i] = i itself)."""
+        ops, P, p, NH = self.ops, self.params, f"blocks.{l}", self.config.n_heads
         h = self._norm_forward(f"{p}.ln1", x, {})
         qkv = ops.linear_forward(h, *self._qkv_gather(l))                  # (B*n, 1, 3*NH*HS)
         B = kv[0][0].shape[0]
         q, k, v = (a.reshape((B, -1) + a.shape[1:]) for a in split_qkv(qkv, NH))  # (B, n, NH, 1, HS)
         kv.append((k, v))
-        j, n = len(kv) - 1, k.shape[1]
-        anc = [np.arange(n) // V ** (j - d) for d in range(1, j + 1)]    # ancestor at level d (itself at d = j)
         k_path = np.concatenate([kv[d][0][:, a] for d, a in enumerate(anc, start=1)], axis=-2)  # (B, n, NH, j, HS)
         v_path = np.concatenate([kv[d][1][:, a] for d, a in enumerate(anc, start=1)], axis=-2)
         z = tree_attention(q, kv[0][0], kv[0][1], k_path, v_path)           # (B, n, NH, 1, HS)
