@@ -301,8 +301,10 @@ def test_continuation_logits_equal_the_full_forward(dtype, backend, tol):
             np.testing.assert_allclose(got[:, i], m.logits(joined)[:, -1], atol=tol, rtol=0)
 
 
-@pytest.mark.parametrize("dtype,backend,tol,norm", [(np.float64, "numpy", 1e-12, "LN"), (np.float64, "numba", 1e-12, "LN"),
-                                                    (np.float64, "numba", 1e-10, None), (np.float32, "numba", 1e-4, "LN")])
+@pytest.mark.parametrize("dtype,backend,tol,norm", [(np.float64, "numpy", 1e-12, "LN"),
+                                                    (np.float64, "numba", 1e-12, "LN"),
+                                                    (np.float64, "numba", 1e-10, None),
+                                                    (np.float32, "numba", 1e-4, "LN")])
 def test_prefix_tree_logits_equal_the_full_forward(dtype, backend, tol, norm):
     # sequences over 2 tokens share many prefixes (and some are equal): each distinct prefix is computed once
     m = Transformer(TransformerConfig(n_ctx=7, d_vocab=2, n_layers=2, n_heads=2, d_head=4, act_fn="gelu",
