@@ -95,6 +95,18 @@ def test_clip_grad_norm():
     clip_grad_norm(g, 0.0)
     np.testing.assert_array_equal(g, [3.0, 4.0])          # 0: no clipping
     assert math.isnan(clip_grad_norm(np.array([np.nan, 1.0]), 1.0))
+    with np.errstate(invalid="ignore"):                   # inf * 0 while scaling (train() ignores it too)
+        assert clip_grad_norm(np.array([np.inf, 1.0], np.float32), 1.0) == math.inf
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_grad_norm_is_the_float64_norm(dtype):
+    # the Numba pass against NumPy's norm of the gradient cast to float64 (an independent computation)
+    g = (np.random.default_rng(3).standard_normal(143_075) * 0.01).astype(dtype)
+    expected = float(np.linalg.norm(g.astype(np.float64)))
+    scaled = g.copy()
+    assert clip_grad_norm(scaled, 0.5) == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(scaled, g * (0.5 / (expected + 1e-6)), rtol=1e-6 if dtype == np.float32 else 1e-12)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -33,6 +33,9 @@ from tinyseq.nn.ops import GELU_CUBIC, GELU_SCALE, LN_EPS, check_loss_weights
 # reassociation, fused multiply-add, and the harmless sign-of-zero / reciprocal ones. Never "nnan"/"ninf":
 # a diverged model must still show NaN and inf, not whatever the compiler assumed them away into.
 FAST = {"reassoc", "contract", "nsz", "arcp"}
+# Kernels that divide use error_model="numpy": x / 0 gives inf or nan as in NumPy, instead of Python's
+# ZeroDivisionError, whose check on every division keeps a loop from vectorising. The results are the same bits.
+DIVIDES = "numpy"
 
 
 def _rows(x):  # (..., C) -> (N, C) view (a copy only if x is not contiguous)
@@ -114,7 +117,7 @@ def encoder_backward(dW_E, dW_pos, dout, tokens):  # (V, C) +=, (n_ctx, C) +=, (
 
 # ----------------------------------------------------------------------------------------------------------
 # layer normalisation over the last axis
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, fastmath=FAST, error_model=DIVIDES)
 def _layernorm_forward(out, mean, rstd, x, w, b, inv_c, eps, one):  # (N, C) <-, (N,) <-, (N,) <-, (N, C), (C,), (C,)
     N, C = x.shape
     for i in range(N):
@@ -190,7 +193,7 @@ def layernorm_backward_add(dresid, dw, db, dout, x, w, mean, rstd):
 # ----------------------------------------------------------------------------------------------------------
 # causal self-attention on already-projected heads. q, k, v may be strided views (e.g. slices of one fused
 # (B, T, 3, NH, HS) projection): the kernel reads them in place, no copies.
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, fastmath=FAST, error_model=DIVIDES)
 def _attention_forward(out, att, q, k, v, scale):  # (B, NH, T, HS) <-, (B, NH, T, T) <-, (B, NH, T, HS) x3
     B, NH, T, HS = q.shape
     for b in range(B):
@@ -444,7 +447,7 @@ def linear_residual_forward(x, W, b, resid):  # (..., C), (C, D), (D,), (..., D)
 # ----------------------------------------------------------------------------------------------------------
 # softmax cross-entropy, mean over all tokens (or weighted by a loss mask: ops.py says how); the backward
 # fused with the softmax. Row weights w arrive as an (N,) array; no weights is w = 1, the plain mean.
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, fastmath=FAST, error_model=DIVIDES)
 def _cross_entropy_forward(probs, logits, targets, w):  # (N, V) <-, (N, V), (N,), (N,) -> sum of -w log p(target)
     N, V = logits.shape
     total = 0.0                                       # summed in float64: N terms
