@@ -12,8 +12,8 @@ Parameter and hook names and shapes are those of a TransformerLens HookedTransfo
 loads there by name (with act_fn "gelu_new" if ours used "gelu", see TransformerConfig.act_fn).
 The ops come from `self.ops`: the Numba twins of `ops_numba.py` (backend="numba", the default) or the plain NumPy
 reference `ops.py` (backend="numpy"); both have the same signatures, so the model code is the same for both.
-A few steps of a block are fused ops (`linear_act_*`, `linear_residual_forward`, `layernorm_backward_add`): a
-matmul and the elementwise work around it (bias, nonlinearity, residual add) in one pass. ops_numba.py has them
+A few steps of a block are fused ops (`linear_residual_forward`, `mlp_forward/backward`, `layernorm_backward_add`):
+a matmul and the elementwise work around it (bias, nonlinearity, residual add) in one pass. ops_numba.py has them
 as Numba kernels; the end of ops.py has their references, each composed of the plain ops above it.
 
 Two layout choices make each block a few large matrix products instead of many small ones (T = 10 is short):
@@ -252,9 +252,10 @@ class Transformer:
         cache[f"{p}.hook_resid_mid"] = x
         # MLP: x = x + W_out act(W_in ln2(x))
         h = self._norm_forward(f"{p}.ln2", x, cache)                                  # (B, T, C)
-        pre, post = ops.linear_act_forward(h, P[f"{p}.mlp.W_in"], P[f"{p}.mlp.b_in"], self._act)  # (B, T, F) x2
-        x = ops.linear_residual_forward(post, P[f"{p}.mlp.W_out"], P[f"{p}.mlp.b_out"], x)  # (B, T, C)
-        cache[f"{p}.mlp.hook_pre"], cache[f"{p}.mlp.hook_post"] = pre, post
+        pre, post, x = ops.mlp_forward(h, *self._mlp(l), x, self._act)     # (B, T, F) (relu: None), (B, T, F), (B, T, C)
+        if pre is not None:                     # relu's backward needs only post (ops.mlp_forward says why)
+            cache[f"{p}.mlp.hook_pre"] = pre
+        cache[f"{p}.mlp.hook_post"] = post
         cache[f"{p}.hook_resid_post"] = x
         return x
 
@@ -269,11 +270,10 @@ class Transformer:
         dx, the residual stream's gradient, is updated in place and returned."""
         ops, P, G, p = self.ops, self.params, self.params.grads, f"blocks.{l}"
         # MLP, forward was: x = x + mlp_out  ->  the residual passes dx through unchanged, plus the MLP path
-        dpost = ops.linear_backward(G[f"{p}.mlp.W_out"], G[f"{p}.mlp.b_out"], dx,
-                                    cache[f"{p}.mlp.hook_post"], P[f"{p}.mlp.W_out"])           # (B, T, F)
-        dh = ops.linear_act_backward(G[f"{p}.mlp.W_in"], G[f"{p}.mlp.b_in"], dpost,          # dpost: scratch
-                                       cache[f"{p}.ln2.hook_normalized"], P[f"{p}.mlp.W_in"],
-                                       cache[f"{p}.mlp.hook_pre"], self._act)                   # (B, T, C)
+        W_in, _, W_out, _ = self._mlp(l)
+        dW_in, db_in, dW_out, db_out = self._mlp(l, G)
+        dh = ops.mlp_backward(dW_in, db_in, dW_out, db_out, dx, cache[f"{p}.ln2.hook_normalized"], W_in,
+                              cache.get(f"{p}.mlp.hook_pre"), cache[f"{p}.mlp.hook_post"], W_out, self._act)  # (B, T, C)
         self._norm_backward_add(f"{p}.ln2", dx, dh, cache[f"{p}.hook_resid_mid"], cache)        # dx += (B, T, C)
         # attention, forward was: x = x + attn_out
         dzm = ops.linear_backward(self._W_O(l, G), G[f"{p}.attn.b_O"], dx,
@@ -319,6 +319,10 @@ class Transformer:
         dW, _ = self._qkv_views(l, self.params.grad)
         cfg = self.config
         dW += dW_qkv.reshape(cfg.d_model, 3, cfg.n_heads, cfg.d_head).transpose(1, 2, 0, 3)
+
+    def _mlp(self, l, buffers=None):  # -> W_in (C, F), b_in (F,), W_out (F, C), b_out (C,) (or their gradients)
+        buffers = self.params.values if buffers is None else buffers
+        return tuple(buffers[f"blocks.{l}.mlp.{name}"] for name in ("W_in", "b_in", "W_out", "b_out"))
 
     def _W_O(self, l, buffers=None):  # -> (NH*HS, C) view of W_O (or of its gradient)
         buffers = self.params.values if buffers is None else buffers
@@ -393,8 +397,7 @@ class Transformer:
         zm = merge_heads(z.reshape((-1,) + z.shape[2:]))                     # (B*n, 1, NH*HS)
         x = ops.linear_residual_forward(zm, self._W_O(l), P[f"{p}.attn.b_O"], x)
         h = self._norm_forward(f"{p}.ln2", x, {})
-        _, post = ops.linear_act_forward(h, P[f"{p}.mlp.W_in"], P[f"{p}.mlp.b_in"], self._act)
-        return ops.linear_residual_forward(post, P[f"{p}.mlp.W_out"], P[f"{p}.mlp.b_out"], x)
+        return ops.mlp_forward(h, *self._mlp(l), x, self._act)[2]
 
     def activations(self, tokens):  # (B, T) int -> {hook name: (B, T, C)} in pipeline order
         """The residual stream at TransformerLens hook points: blocks.0.hook_resid_pre (embeddings), then
