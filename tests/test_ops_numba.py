@@ -192,9 +192,7 @@ def test_linear_residual(shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ["relu", "gelu"])
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("block_rows", [4, 512])          # 4: several row blocks and a shorter last one
-def test_mlp(shape, act, dtype, block_rows, monkeypatch):
-    monkeypatch.setattr(ops_numba, "MLP_ROWS", block_rows)
+def test_mlp(shape, act, dtype):
     rng = np.random.default_rng(13)
     B, T, C = shape
     F = 2 * C + 1

@@ -370,6 +370,17 @@ def _bias_relu_forward(post, pre, b):  # (N, F) <-, (N, F) += b, (F,)
 
 
 @njit(cache=True)
+def _bias_relu_inplace(a, b):  # (N, F) <- relu(a + b), (F,): pre becomes post (the relu MLP keeps post alone)
+    # its own kernel: _bias_relu_forward(a, a, b) gives the same numbers, but with its two outputs aliased the
+    # loop cannot vectorise (15x slower)
+    N, F = a.shape
+    for i in range(N):
+        for j in range(F):
+            p = a[i, j] + b[j]
+            a[i, j] = p if p > 0 else p - p
+
+
+@njit(cache=True)
 def _bias_gelu_forward(post, pre, b, s, a, half, one):  # (N, F) <-, (N, F) += b, (F,)
     N, F = pre.shape
     for i in range(N):
@@ -404,7 +415,7 @@ def _gelu_backward_bias(d, db, pre, s, a, half, one, three):  # (N, F) dpost <- 
 
 def _bias_act(post, pre, b, act):  # (N, F) <-, (N, F) += b, (F,): post = act(pre + b) in one pass
     if act == "relu":
-        _bias_relu_forward(post, pre, b)           # post may be pre itself: relu in place
+        _bias_relu_forward(post, pre, b)
     else:
         ty = pre.dtype.type
         _bias_gelu_forward(post, pre, b, ty(GELU_SCALE), ty(GELU_CUBIC), ty(0.5), ty(1.0))
@@ -453,59 +464,34 @@ def linear_residual_forward(x, W, b, resid):  # (..., C), (C, D), (D,), (..., D)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the whole MLP with its residual add, in blocks of rows. The hidden layer (N, F) is the largest array of a
-# step (2560 x 256 floats at batch 256): made whole, it leaves the cache between the matmul that writes it,
-# the pass that activates it and the matmul that reads it. In blocks of MLP_ROWS rows it stays in a core's L2
-# (1 MB here) through all three, and through the four steps of the backward. A relu MLP also keeps one
-# hidden array instead of two: relu'(pre) is 1 exactly where post > 0, so pre is not needed.
-MLP_ROWS = 512        # a (512, 256) float32 block is 512 KB; measured at batch 256: MLP 40% faster than unblocked
-
-
-def _blocks(N):  # row slices of about equal size, at most MLP_ROWS each
-    size = -(-N // -(-N // MLP_ROWS))                    # ceil(N / ceil(N / MLP_ROWS))
-    return [slice(lo, min(N, lo + size)) for lo in range(0, N, size)]
-
-
+# the whole MLP with its residual add. The hidden layer (N, F) is the largest array of a step (2560 x 256 floats
+# per layer at batch 256); a relu MLP keeps one such array instead of two: relu'(pre) is 1 exactly where
+# post > 0, so pre is turned into post in place. (Measured: working in row blocks that stay in L2 gained
+# nothing here, < 3%, with the allocator keeping freed memory; the blocks were dropped.)
 def mlp_forward(x, W_in, b_in, W_out, b_out, resid, act):
     # (..., C), (C, F), (F,), (F, C), (C,), (..., C), "relu" | "gelu" -> pre (..., F) or None, post (..., F), out (..., C)
-    """ops.mlp_forward, block by block of rows: a block of the hidden layer is one matmul, then bias and
-    activation in one pass in place, then the matmul by W_out and the bias + residual pass, while in cache."""
-    x2, r2 = _rows(x), _rows(resid)
-    N, F = x2.shape[0], W_in.shape[1]
-    post = np.empty((N, F), dtype=x2.dtype)
-    pre = post if act == "relu" else np.empty_like(post)    # relu: pre + b_in -> relu, in place
-    out = np.empty_like(r2)
-    for rows in _blocks(N):
-        np.matmul(x2[rows], W_in, out=pre[rows])             # (n, F)
-        _bias_act(post[rows], pre[rows], b_in, act)
-        np.matmul(post[rows], W_out, out=out[rows])          # (n, C)
-        _bias_residual(out[rows], b_out, r2[rows])
-    shape = x.shape[:-1] + (F,)
-    return (None if act == "relu" else pre.reshape(shape)), post.reshape(shape), out.reshape(resid.shape)
+    """ops.mlp_forward: each matmul in BLAS, then one pass for bias + activation (in place for relu) and one
+    for bias + residual."""
+    x2 = _rows(x)
+    shape = x.shape[:-1] + (W_in.shape[1],)
+    if act == "relu":
+        pre, post = None, x2 @ W_in                          # (N, F)
+        _bias_relu_inplace(post, b_in)
+    else:
+        pre, post = linear_act_forward(x2, W_in, b_in, act)
+        pre = pre.reshape(shape)
+    out = linear_residual_forward(post, W_out, b_out, resid)
+    return pre, post.reshape(shape), out
 
 
 def mlp_backward(dW_in, db_in, dW_out, db_out, dout, x, W_in, pre, post, W_out, act):
     # (C, F) +=, (F,) +=, (F, C) +=, (C,) +=, (..., C), (..., C), (C, F), (..., F) or None, (..., F), (F, C), act
     # -> dx (..., C)
-    """ops.mlp_backward in the forward's blocks: a block's dpost is made, turned into dpre and used by both
-    matmuls while in cache; dW_in and dW_out accumulate block by block."""
-    x2, d2, post2 = _rows(x), _rows(dout), _rows(post)
-    mask = post2 if act == "relu" else _rows(pre)            # relu'(pre) = 1 where post > 0
-    N, F = post2.shape
-    dx = np.empty_like(x2)
-    scratch = np.empty((_blocks(N)[0].stop, F), dtype=x2.dtype)     # one block of dpost / dpre
-    for rows in _blocks(N):
-        d = scratch[:rows.stop - rows.start]
-        # forward was: out = resid + post @ W_out + b_out  ->  dpost = dout @ W_out.T ; dW_out += post.T @ dout
-        np.matmul(d2[rows], W_out.T, out=d)
-        dW_out += post2[rows].T @ d2[rows]
-        # forward was: post = act(pre) ; pre = x @ W_in + b_in  ->  dpre = dpost act'(pre) ; db_in += sum(dpre)
-        _act_backward_bias(d, db_in, mask[rows], act)
-        # -> dW_in += x.T @ dpre ; dx = dpre @ W_in.T
-        dW_in += x2[rows].T @ d
-        np.matmul(d, W_in.T, out=dx[rows])
-    db_out += np.ones(N, dtype=d2.dtype) @ d2                # forward was: + b_out -> db_out += sum(dout)
-    return dx.reshape(x.shape)
+    """ops.mlp_backward; relu reads its mask from post (relu'(pre) = 1 where post > 0)."""
+    # forward was: out = resid + post @ W_out + b_out  ->  dpost = dout @ W_out.T ; dW_out += post.T @ dout
+    dpost = linear_backward(dW_out, db_out, dout, post, W_out)                 # (..., F), a new array: scratch
+    # forward was: post = act(pre) ; pre = x @ W_in + b_in
+    return linear_act_backward(dW_in, db_in, dpost, x, W_in, post if act == "relu" else pre, act)
 
 
 # ----------------------------------------------------------------------------------------------------------
