@@ -667,6 +667,8 @@ def end_to_end(batches=(64, 256), threads=(1, 2), steps=(50, 550), repeats=3, pr
     if not 1 <= short < long or repeats < 1 or min(batches) < 1:
         raise TinyseqError(f"--end-to-end needs positive batches, 1 <= short < long steps and --repeats >= 1, "
                            f"got batches {list(batches)}, steps {short},{long}, repeats {repeats}")
+    # one untimed run first: it compiles what the Numba cache lacks, which would otherwise land in one timed run
+    run_train(["--preset", "paper", "--process", process, "--steps", "1", "--threads", "1"])
     rows = []
     for n in threads:
         worker = TorchWorker(n) if torch_available() else None
