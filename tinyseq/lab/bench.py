@@ -240,8 +240,8 @@ def _torch_worker() -> None:
 
 
 def _torch_train_run(torch, process, batch, warm, steps, lr, warmup, clip, seed=0) -> dict:
-    """Wall and CPU seconds of PyTorch training steps warm+1 .. warm+steps of a fresh published transformer for `process`,
-    the loop `tinyseq train` runs: batches pre-sampled from the process (before the clock starts), forward,
+    """Wall and CPU seconds of PyTorch training steps warm+1 .. warm+steps of a fresh published transformer for
+    `process`, the loop `tinyseq train` runs: batches pre-sampled from the process (before the clock starts), forward,
     cross-entropy, backward, clip_grad_norm_, AdamW with warmup + cosine, the loss read back each step."""
     from tinyseq.nn.transformer import paper_config
     from tinyseq.processes import parse_process, sample

@@ -250,7 +250,8 @@ def linear_residual_forward(x, W, b, resid):  # (..., C), (C, D), (D,), (..., D)
 
 
 def mlp_forward(x, W_in, b_in, W_out, b_out, resid, act):
-    # (..., C), (C, F), (F,), (F, C), (C,), (..., C), "relu" | "gelu" -> pre (..., F) or None, post (..., F), out (..., C)
+    # (..., C), (C, F), (F,), (F, C), (C,), (..., C), "relu" | "gelu"
+    # -> pre (..., F) or None, post (..., F), out (..., C)
     """The MLP with its residual add: out = resid + act(x @ W_in + b_in) @ W_out + b_out. pre is returned for
     gelu only: relu's derivative is 1 exactly where post > 0, so a relu MLP's backward needs post alone."""
     pre, post = linear_act_forward(x, W_in, b_in, act)

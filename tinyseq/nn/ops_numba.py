@@ -469,7 +469,8 @@ def linear_residual_forward(x, W, b, resid):  # (..., C), (C, D), (D,), (..., D)
 # post > 0, so pre is turned into post in place. (Measured: working in row blocks that stay in L2 gained
 # nothing here, < 3%, with the allocator keeping freed memory; the blocks were dropped.)
 def mlp_forward(x, W_in, b_in, W_out, b_out, resid, act):
-    # (..., C), (C, F), (F,), (F, C), (C,), (..., C), "relu" | "gelu" -> pre (..., F) or None, post (..., F), out (..., C)
+    # (..., C), (C, F), (F,), (F, C), (C,), (..., C), "relu" | "gelu"
+    # -> pre (..., F) or None, post (..., F), out (..., C)
     """ops.mlp_forward: each matmul in BLAS, then one pass for bias + activation (in place for relu) and one
     for bias + residual."""
     x2 = _rows(x)

@@ -127,7 +127,8 @@ class Transformer:
     """Pre-LN causal transformer. forward -> (logits, cache); backward(dlogits, cache) += params.grad.
 
     The cache is a dict of arrays keyed by TransformerLens hook names (plus `.mean`/`.rstd` for LayerNorm);
-    q, k, v, z are stored as (B, NH, T, HS), not TransformerLens's (B, T, NH, HS).
+    q, k, v, z are stored as (B, NH, T, HS), not TransformerLens's (B, T, NH, HS). A relu model's cache has no
+    `mlp.hook_pre`: its backward reads relu's derivative from `mlp.hook_post` (ops.mlp_forward says why).
     """
 
     def __init__(self, config: TransformerConfig, dtype=np.float32, seed: int = 0, backend: str = "numba"):
@@ -252,7 +253,7 @@ class Transformer:
         cache[f"{p}.hook_resid_mid"] = x
         # MLP: x = x + W_out act(W_in ln2(x))
         h = self._norm_forward(f"{p}.ln2", x, cache)                                  # (B, T, C)
-        pre, post, x = ops.mlp_forward(h, *self._mlp(l), x, self._act)     # (B, T, F) (relu: None), (B, T, F), (B, T, C)
+        pre, post, x = ops.mlp_forward(h, *self._mlp(l), x, self._act)   # (B, T, F) or None, (B, T, F), (B, T, C)
         if pre is not None:                     # relu's backward needs only post (ops.mlp_forward says why)
             cache[f"{p}.mlp.hook_pre"] = pre
         cache[f"{p}.mlp.hook_post"] = post
@@ -273,7 +274,8 @@ class Transformer:
         W_in, _, W_out, _ = self._mlp(l)
         dW_in, db_in, dW_out, db_out = self._mlp(l, G)
         dh = ops.mlp_backward(dW_in, db_in, dW_out, db_out, dx, cache[f"{p}.ln2.hook_normalized"], W_in,
-                              cache.get(f"{p}.mlp.hook_pre"), cache[f"{p}.mlp.hook_post"], W_out, self._act)  # (B, T, C)
+                              cache.get(f"{p}.mlp.hook_pre"), cache[f"{p}.mlp.hook_post"], W_out,
+                              self._act)                                                        # (B, T, C)
         self._norm_backward_add(f"{p}.ln2", dx, dh, cache[f"{p}.hook_resid_mid"], cache)        # dx += (B, T, C)
         # attention, forward was: x = x + attn_out
         dzm = ops.linear_backward(self._W_O(l, G), G[f"{p}.attn.b_O"], dx,
