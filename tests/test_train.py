@@ -328,3 +328,24 @@ def test_cli_preset_paper(tmp_path):
     m = summary["model"]
     assert (m["n_layers"], m["d_model"], m["n_heads"], m["d_head"], m["d_mlp"], m["n_ctx"]) == (4, 64, 1, 8, 256, 10)
     assert summary["train"]["lr"] == 3e-3 and summary["train"]["batch"] == 4   # preset lr, explicit batch
+
+
+def test_evaluate_through_the_prefix_tree_equals_the_plain_forward(monkeypatch):
+    # float64: the prefix tree (mess3, n_ctx 8 shares most prefixes) and the plain forward give the same evaluation
+    from tinyseq import train as train_module
+    from tinyseq.nn.transformer import Transformer, TransformerConfig
+
+    proc = parse_process("mess3")
+    model = Transformer(TransformerConfig(n_ctx=8, n_layers=2), dtype=np.float64)
+    model.params.data[...] += np.random.default_rng(5).standard_normal(model.params.size) * 0.1
+    ev = train_module.make_eval_set(proc, 8, 3000, seed=1)
+    calls = []
+    monkeypatch.setattr(model, "prefix_tree_logits",
+                        lambda x: calls.append(len(x)) or Transformer.prefix_tree_logits(model, x))
+    via_tree = train_module.evaluate(model, ev)
+    assert calls == [3000]                                  # one pass: 3000 <= EVAL_CHUNK * n_ctx sequences
+    monkeypatch.setattr(train_module, "TREE_MAX_SHARE", 0.0)  # no sharing is enough: the plain forward
+    plain = train_module.evaluate(model, ev)
+    assert calls == [3000]
+    for key in ("mean_nats", "gap_nats", "sampled_nats"):
+        assert via_tree[key] == pytest.approx(plain[key], rel=1e-12, abs=1e-14)

@@ -317,6 +317,18 @@ def test_prefix_tree_logits_equal_the_full_forward(dtype, backend, tol, norm):
     np.testing.assert_allclose(m.prefix_tree_logits(tokens[:, :3]), m.logits(tokens[:, :3]), atol=tol, rtol=tol)
 
 
+def test_distinct_prefixes_counts_every_length():
+    from tinyseq.nn.transformer import distinct_prefixes, prefix_levels
+
+    tokens = np.random.default_rng(4).integers(0, 3, (200, 6))
+    expected = sum(len({tuple(row[:t]) for row in tokens}) for t in range(1, 7))     # brute force over tuples
+    assert distinct_prefixes(tokens) == expected
+    for t, (uniq, node) in enumerate(prefix_levels(tokens, 3)):
+        # sequences share a node exactly when they share their first t + 1 tokens
+        same = (tokens[:, None, :t + 1] == tokens[None, :, :t + 1]).all(axis=-1)
+        assert np.array_equal(node[:, None] == node[None, :], same) and len(uniq) == node.max() + 1
+
+
 def test_continuation_logits_refuse_to_exceed_the_context():
     m = Transformer(TransformerConfig(n_ctx=6, d_vocab=3))
     with pytest.raises(TinyseqError, match="longer than the context"):
