@@ -233,14 +233,26 @@ def _int_list(text: str, what: str) -> list[int]:
               help="Instead: the thread policy end to end, `train --time T` with --threads 1, all cores and auto, "
                    "idle and with one core kept busy by a child process of the bench.")
 @click.option("--busy-time", type=float, default=6.0, show_default=True, help="--busy: seconds of each train run.")
-@click.option("--repeats", type=int, default=3, show_default=True, help="--busy: interleaved repeats (medians).")
+@click.option("--end-to-end", "end_to_end", is_flag=True,
+              help="Instead: the running `train --preset paper` command (sampling and evaluation included; rate "
+                   "between a short and a long run) against PyTorch's training loop on pre-sampled batches.")
+@click.option("--e2e-steps", default="50,550", show_default=True,
+              help="--end-to-end: the short and the long run's --steps.")
+@click.option("--repeats", type=int, default=3, show_default=True,
+              help="--busy, --end-to-end: interleaved repeats (medians).")
 @click.option("--presets", default="default,paper", show_default=True,
               help="--busy: the models, comma-separated: default (train's default) and/or paper (--preset paper).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
-def bench_cmd(models, batches, threads_, quick, no_torch, busy, busy_time, repeats, presets, as_json):
+def bench_cmd(models, batches, threads_, quick, no_torch, busy, busy_time, end_to_end, e2e_steps, repeats, presets,
+              as_json):
     """Training tokens/s of tinyseq (Numba and NumPy backends) vs PyTorch eager, interleaved, medians.
 
-    --busy measures the thread policy instead: steps/s of whole `tinyseq train` runs, idle and with one busy core."""
+    --busy measures the thread policy instead: steps/s of whole `tinyseq train` runs, idle and with one busy core.
+    --end-to-end measures the running train command (mess3 published model) against PyTorch's training loop."""
+    if end_to_end:
+        _bench_end_to_end(_int_list(batches, "batches"), _int_list(threads_, "threads"),
+                          _int_list(e2e_steps, "e2e-steps"), repeats, as_json)
+        return
 
     if busy:
         def progress(ev):
@@ -258,6 +270,20 @@ def bench_cmd(models, batches, threads_, quick, no_torch, busy, busy_time, repea
         emit_json(result)
     else:
         click.echo(bench.format_table(result))
+
+
+def _bench_end_to_end(batches, threads, steps, repeats, as_json) -> None:
+    if len(steps) != 2:
+        fail(f"--e2e-steps takes two step counts, short and long, got {steps}: e.g. --e2e-steps 50,550")
+
+    def progress(ev):
+        torch_rate = f", PyTorch {ev['torch'] / 1e3:.1f}k" if "torch" in ev else ""
+        click.echo(f"batch {ev['batch']} threads {ev['threads']} repeat {ev['repeat'] + 1}: tinyseq train "
+                   f"{ev['tinyseq'] / 1e3:.1f}k tok/s{torch_rate} (other load {ev['other_load']:.2f})", err=True)
+
+    result = bench.end_to_end(batches=batches, threads=threads, steps=tuple(steps), repeats=repeats,
+                              callback=progress)
+    click.echo(json.dumps(result, indent=2) if as_json else bench.format_end_to_end(result))
 
 
 # ---------------------------------------------------------------------------------------------------------

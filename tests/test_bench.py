@@ -64,3 +64,52 @@ def test_busy_core_child_is_stopped_even_on_an_error():
 def test_bench_busy_bad_option():
     res = cli_in_process(["bench", "--busy", "--presets", "nope"])
     assert res.returncode == 2 and "unknown preset" in res.stderr and "Traceback" not in res.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --end-to-end: the rate arithmetic on made-up timings (the timed runs themselves are BENCHMARKS.md's)
+def test_end_to_end_rate_is_the_difference_of_two_runs(monkeypatch):
+    from tinyseq.lab import bench
+
+    walls = {"10": [3.0, 3.5], "30": [5.0, 4.5]}          # start-up ~1 s cancels: 20 steps in 2 s, then in 1 s
+
+    def fake_train(args):
+        steps = args[args.index("--steps") + 1]
+        if steps == "1":                                   # the untimed compile run
+            return {"wall": 99.0, "cpu": 99.0, "summary": {}, "other_load": 0.0}
+        wall = walls[steps].pop(0)
+        return {"wall": wall, "cpu": wall / 2, "summary": {"tokens_per_s": 1000.0}, "other_load": 0.25}
+
+    class FakeWorker:
+        def __init__(self, threads):
+            self.seconds = [4.0, 1.0]
+
+        def train(self, threads, **run):
+            assert run["warm"] == 10 and run["steps"] == 20 and run["clip"] == 1.0
+            s = self.seconds.pop(0)
+            return {"seconds": s, "cpu": s}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(bench, "run_train", fake_train)
+    monkeypatch.setattr(bench, "TorchWorker", FakeWorker)
+    monkeypatch.setattr(bench, "torch_available", lambda: True)
+    seen = []
+    out = bench.end_to_end(batches=(4,), threads=(1,), steps=(10, 30), repeats=2, callback=seen.append)
+    (row,) = out["rows"]
+    tokens = 20 * 4 * 10                                   # (long - short) steps x batch x n_ctx
+    assert row["runs"]["tinyseq"] == [tokens / 2.0, tokens / 1.0]
+    assert row["runs"]["tinyseq_cpu"] == [tokens / 1.0, tokens / 0.5]
+    assert row["runs"]["torch"] == [tokens / 4.0, tokens / 1.0]
+    assert row["tinyseq"] == round((tokens / 2.0 + tokens / 1.0) / 2)     # median of the two repeats
+    assert row["ratio_vs_torch"] == 1.5                   # paired: median of 2.0 and 1.0
+    assert row["tinyseq_steps_only"] == 1000 and len(seen) == 2
+    assert "| 4 | 1 |" in bench.format_end_to_end(out)
+
+
+def test_bench_end_to_end_bad_steps():
+    for steps in ("50", "550,50"):
+        res = cli_in_process(["bench", "--end-to-end", "--e2e-steps", steps])
+        assert res.returncode == 2 and "Traceback" not in res.stderr
+        assert "e2e-steps" in res.stderr or "short" in res.stderr

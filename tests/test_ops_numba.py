@@ -190,6 +190,40 @@ def test_linear_residual(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_mlp(shape, act, dtype):
+    rng = np.random.default_rng(13)
+    B, T, C = shape
+    F = 2 * C + 1
+    args = [rng.standard_normal(s) for s in ((B, T, C), (C, F), (F,), (F, C), (C,), (B, T, C))]
+    (pre, post, out), (rpre, rpost, rout) = [m.mlp_forward(*a, act) for m, a in
+                                             ((ops_numba, [v.astype(dtype) for v in args]), (ops, args))]
+    if act == "relu":
+        assert pre is None and rpre is None              # relu keeps post alone
+    else:
+        close(pre, rpre, dtype)
+    close(post, rpost, dtype)
+    close(out, rout, dtype)
+    # the reference backward against the plain ops it is made of (relu: the mask from pre, not post)
+    dout = rng.standard_normal((B, T, C))
+    x, W_in, b_in, W_out = args[:4]
+    grads = [[np.full(s, 0.5) for s in ((C, F), (F,), (F, C), (C,))] for _ in range(3)]   # they accumulate
+    full_pre = ops.linear_forward(x, W_in, b_in)
+    dpost = ops.linear_backward(grads[2][2], grads[2][3], dout, rpost, W_out)
+    rdx_plain = ops.linear_act_backward(grads[2][0], grads[2][1], dpost, x, W_in, full_pre, act)
+    rdx = ops.mlp_backward(*grads[1], dout, x, W_in, rpre, rpost, W_out, act)
+    g32 = [g.astype(dtype) for g in grads[0]]
+    dx = ops_numba.mlp_backward(*g32, dout.astype(dtype), x.astype(dtype), W_in.astype(dtype), pre, post,
+                                W_out.astype(dtype), act)
+    np.testing.assert_allclose(rdx, rdx_plain, rtol=1e-12, atol=1e-12)
+    close(dx, rdx, dtype)
+    for g, rg, pg in zip(g32, grads[1], grads[2]):
+        np.testing.assert_allclose(rg, pg, rtol=1e-12, atol=1e-12)
+        close(g, rg, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_layernorm_backward_add(shape, dtype):
     rng = np.random.default_rng(12)

@@ -95,6 +95,18 @@ def test_clip_grad_norm():
     clip_grad_norm(g, 0.0)
     np.testing.assert_array_equal(g, [3.0, 4.0])          # 0: no clipping
     assert math.isnan(clip_grad_norm(np.array([np.nan, 1.0]), 1.0))
+    with np.errstate(invalid="ignore"):                   # inf * 0 while scaling (train() ignores it too)
+        assert clip_grad_norm(np.array([np.inf, 1.0], np.float32), 1.0) == math.inf
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_grad_norm_is_the_float64_norm(dtype):
+    # the Numba pass against NumPy's norm of the gradient cast to float64 (an independent computation)
+    g = (np.random.default_rng(3).standard_normal(143_075) * 0.01).astype(dtype)
+    expected = float(np.linalg.norm(g.astype(np.float64)))
+    scaled = g.copy()
+    assert clip_grad_norm(scaled, 0.5) == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(scaled, g * (0.5 / (expected + 1e-6)), rtol=1e-6 if dtype == np.float32 else 1e-12)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -336,3 +348,24 @@ def test_cli_preset_paper_rrxor_has_its_own_optimiser_settings(tmp_path):
                                         "--out", str(tmp_path / "q"), "--json"])
     assert code == 0, err
     assert json.loads(stdout)["train"]["warmup"] == 7
+
+
+def test_evaluate_through_the_prefix_tree_equals_the_plain_forward(monkeypatch):
+    # float64: the prefix tree (mess3, n_ctx 8 shares most prefixes) and the plain forward give the same evaluation
+    from tinyseq import train as train_module
+    from tinyseq.nn.transformer import Transformer, TransformerConfig
+
+    proc = parse_process("mess3")
+    model = Transformer(TransformerConfig(n_ctx=8, n_layers=2), dtype=np.float64)
+    model.params.data[...] += np.random.default_rng(5).standard_normal(model.params.size) * 0.1
+    ev = train_module.make_eval_set(proc, 8, 3000, seed=1)
+    calls = []
+    monkeypatch.setattr(model, "prefix_tree_logits",
+                        lambda x: calls.append(len(x)) or Transformer.prefix_tree_logits(model, x))
+    via_tree = train_module.evaluate(model, ev)
+    assert calls == [3000]                                  # one pass: 3000 <= EVAL_CHUNK * n_ctx sequences
+    monkeypatch.setattr(train_module, "TREE_MAX_SHARE", 0.0)  # no sharing is enough: the plain forward
+    plain = train_module.evaluate(model, ev)
+    assert calls == [3000]
+    for key in ("mean_nats", "gap_nats", "sampled_nats"):
+        assert via_tree[key] == pytest.approx(plain[key], rel=1e-12, abs=1e-14)

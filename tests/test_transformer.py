@@ -301,6 +301,34 @@ def test_continuation_logits_equal_the_full_forward(dtype, backend, tol):
             np.testing.assert_allclose(got[:, i], m.logits(joined)[:, -1], atol=tol, rtol=0)
 
 
+@pytest.mark.parametrize("dtype,backend,tol,norm", [(np.float64, "numpy", 1e-12, "LN"),
+                                                    (np.float64, "numba", 1e-12, "LN"),
+                                                    (np.float64, "numba", 1e-10, None),
+                                                    (np.float32, "numba", 1e-4, "LN")])
+def test_prefix_tree_logits_equal_the_full_forward(dtype, backend, tol, norm):
+    # sequences over 2 tokens share many prefixes (and some are equal): each distinct prefix is computed once
+    m = Transformer(TransformerConfig(n_ctx=7, d_vocab=2, n_layers=2, n_heads=2, d_head=4, act_fn="gelu",
+                                      normalization_type=norm), dtype=dtype, backend=backend)
+    m.params.data[...] += np.random.default_rng(1).standard_normal(m.params.data.shape).astype(dtype) * 0.5
+    tokens = np.random.default_rng(2).integers(0, 2, (300, 7))
+    got = m.prefix_tree_logits(tokens)
+    assert got.shape == (300, 7, 2) and got.dtype == dtype
+    np.testing.assert_allclose(got, m.logits(tokens), atol=tol, rtol=tol)      # no LayerNorm: logits ~ 100
+    np.testing.assert_allclose(m.prefix_tree_logits(tokens[:, :3]), m.logits(tokens[:, :3]), atol=tol, rtol=tol)
+
+
+def test_distinct_prefixes_counts_every_length():
+    from tinyseq.nn.transformer import distinct_prefixes, prefix_levels
+
+    tokens = np.random.default_rng(4).integers(0, 3, (200, 6))
+    expected = sum(len({tuple(row[:t]) for row in tokens}) for t in range(1, 7))     # brute force over tuples
+    assert distinct_prefixes(tokens) == expected
+    for t, (uniq, node) in enumerate(prefix_levels(tokens, 3)):
+        # sequences share a node exactly when they share their first t + 1 tokens
+        same = (tokens[:, None, :t + 1] == tokens[None, :, :t + 1]).all(axis=-1)
+        assert np.array_equal(node[:, None] == node[None, :], same) and len(uniq) == node.max() + 1
+
+
 def test_continuation_logits_refuse_to_exceed_the_context():
     m = Transformer(TransformerConfig(n_ctx=6, d_vocab=3))
     with pytest.raises(TinyseqError, match="longer than the context"):

@@ -206,7 +206,8 @@ TORCH_BUILDERS = {"transformer": _torch_transformer, "recurrent": _torch_recurre
 
 def _torch_worker() -> None:
     """Read one JSON request per line on stdin, answer one JSON line on stdout.
-    request {"kind", "model", "batch", "threads", "steps"} -> {"seconds"}; {"quit": true} ends."""
+    request {"kind", "model", "batch", "threads", "steps"} -> {"seconds"}; {"quit": true} ends.
+    request {"threads", "train": {...}} (the --end-to-end side) -> {"seconds", "cpu"} of _torch_train_run."""
     import torch
     torch.set_num_interop_threads(1)
     runners = {}
@@ -215,6 +216,10 @@ def _torch_worker() -> None:
         if req.get("quit"):
             break
         torch.set_num_threads(int(req["threads"]))
+        if "train" in req:
+            sys.stdout.write(json.dumps(_torch_train_run(torch, **req["train"])) + "\n")
+            sys.stdout.flush()
+            continue
         key = (req["model"], req["batch"])
         if key not in runners:
             kind_name, cfg = available_models()[req["model"]]
@@ -234,6 +239,35 @@ def _torch_worker() -> None:
         sys.stdout.flush()
 
 
+def _torch_train_run(torch, process, batch, warm, steps, lr, warmup, clip, seed=0) -> dict:
+    """Wall and CPU seconds of PyTorch training steps warm+1 .. warm+steps of a fresh published transformer for
+    `process`, the loop `tinyseq train` runs: batches pre-sampled from the process (before the clock starts), forward,
+    cross-entropy, backward, clip_grad_norm_, AdamW with warmup + cosine, the loss read back each step."""
+    from tinyseq.nn.transformer import paper_config
+    from tinyseq.processes import parse_process, sample
+
+    cfg, total = paper_config(process), warm + steps
+    torch.manual_seed(seed)
+    model = _torch_transformer(torch, cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    tokens = torch.from_numpy(sample(parse_process(process), total * batch, cfg.n_ctx + 1,
+                                     np.random.default_rng(seed))).reshape(total, batch, cfg.n_ctx + 1)
+    t0 = cpu0 = 0.0
+    for i in range(total):
+        if i == warm:                                     # steps 1..warm: allocator and caches warm up
+            t0, cpu0 = time.perf_counter(), time.process_time()
+        for group in opt.param_groups:                    # tinyseq's schedule: linear warmup, cosine to 0
+            group["lr"] = lr * min(1.0, (i + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * i / total))
+        x, y = tokens[i, :, :-1], tokens[i, :, 1:]
+        loss = torch.nn.functional.cross_entropy(model(x).reshape(-1, cfg.d_vocab), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        loss.item()                                       # what a training loop logs
+    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - cpu0}
+
+
 class TorchWorker:
     """A PyTorch process that times steps on request (None when torch is not importable)."""
 
@@ -243,13 +277,21 @@ class TorchWorker:
         self.proc = subprocess.Popen([sys.executable, "-m", "tinyseq.lab.bench", "--torch-worker"], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def run(self, model, batch, threads, steps) -> float:
-        self.proc.stdin.write(json.dumps(dict(model=model, batch=batch, threads=threads, steps=steps)) + "\n")
+    def _ask(self, request: dict) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError("the PyTorch worker died")
-        return json.loads(line)["seconds"]
+        return json.loads(line)
+
+    def run(self, model, batch, threads, steps) -> float:
+        """Seconds of `steps` training steps on one fixed batch (the step-only rows)."""
+        return self._ask(dict(model=model, batch=batch, threads=threads, steps=steps))["seconds"]
+
+    def train(self, threads, **run) -> dict:
+        """{"seconds", "cpu"} of _torch_train_run(**run): the --end-to-end side."""
+        return self._ask(dict(threads=threads, train=run))
 
     def close(self):
         try:
@@ -491,18 +533,19 @@ def _cli_command() -> list[str]:
     return [sys.executable, "-c", "import sys, cli; cli.main(sys.argv[1:])"]
 
 
-def train_rate(args: list[str], threads: str, seconds: float) -> dict:
-    """Run `tinyseq train ARGS --time seconds --threads threads` in a fresh process: its steps per second,
-    the thread counts it used and the other programs' load meanwhile (cores, from tinyseq.threads)."""
+def run_train(args: list[str]) -> dict:
+    """Run `tinyseq train ARGS --out TMP --json` in a fresh process: its summary, the wall seconds from
+    launch to exit (start-up included), its CPU seconds (user + sys, all its threads) and the other programs'
+    load meanwhile (cores, from tinyseq.threads)."""
     import resource
 
     from tinyseq.threads import _proc_stat
 
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    with tempfile.TemporaryDirectory(prefix="tinyseq-busy-") as out:
-        cmd = [*_cli_command(), "train", *args, "--time", f"{seconds:g}", "--threads", threads,
-               "--out", out, "--json"]
+    with tempfile.TemporaryDirectory(prefix="tinyseq-bench-") as out:
+        cmd = [*_cli_command(), "train", *args, "--out", out, "--json"]
         before = _proc_stat(), resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
+        t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         try:
             stdout, stderr = proc.communicate()
@@ -510,14 +553,23 @@ def train_rate(args: list[str], threads: str, seconds: float) -> dict:
             if proc.poll() is None:             # Ctrl-C or an error while waiting: never leave it running
                 proc.kill()
                 proc.wait()
-        other = _other_load(before, (_proc_stat(), resource.getrusage(resource.RUSAGE_CHILDREN),
-                                     time.process_time()))
+        wall = time.perf_counter() - t0
+        after = _proc_stat(), resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
+        other = _other_load(before, after)
+        cpu = sum(getattr(after[1], f) - getattr(before[1], f) for f in ("ru_utime", "ru_stime"))
     if proc.returncode != 0:
         last = (stderr.strip().splitlines() or ["no message"])[-1]
         raise TinyseqError(f"tinyseq {' '.join(cmd[3:])} failed: {last}")
-    summary = json.loads(stdout)
+    return {"summary": json.loads(stdout), "wall": wall, "cpu": cpu, "other_load": other}
+
+
+def train_rate(args: list[str], threads: str, seconds: float) -> dict:
+    """Run `tinyseq train ARGS --time seconds --threads threads` in a fresh process: its steps per second,
+    the thread counts it used and the other programs' load meanwhile (cores, from tinyseq.threads)."""
+    res = run_train([*args, "--time", f"{seconds:g}", "--threads", threads])
+    summary = res["summary"]
     return {"steps_per_s": summary["steps"] / summary["seconds"], "threads": summary.get("threads"),
-            "other_load": other}
+            "other_load": res["other_load"]}
 
 
 def _other_load(before, after) -> float:
@@ -587,6 +639,99 @@ def format_busy(result: dict) -> str:
     lines.append(f"{result['command']}; {result['seconds']:g} s per run, medians of {result['repeats']} "
                  f"interleaved repeats (auto / best: median of the per-repeat ratios), {result['cores']} cores; other load = cores busy outside the run "
                  f"(the busy loop included)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --end-to-end: the `train` command as a user runs it, against PyTorch's training loop
+#
+# tinyseq: `tinyseq train --preset paper --process P --batch B --threads N --steps S` in a fresh process, at a
+# short and a long S. The rate is (long - short) steps / (wall_long - wall_short): start-up, loading the compiled
+# kernels, building the held-out set, the first steps and the final evaluation and checkpoint cancel, and what
+# is left is the steady state with everything the command does per step: sampling, the progress events and the
+# evaluation every eval_every steps. PyTorch: the same model and training loop (AdamW, clipping, the schedule)
+# on batches sampled before its clock starts, timed over the same steps short+1..long in its worker process.
+# Each repeat runs short, long and PyTorch back to back (interleaved, as the step-only rows); the table shows
+# medians and the median of the per-repeat ratios.
+
+
+def end_to_end(batches=(64, 256), threads=(1, 2), steps=(50, 550), repeats=3, process="mess3",
+               callback=None) -> dict:
+    """tokens/s of the running train command (rate between a short and a long run) and of PyTorch."""
+    from tinyseq.nn.transformer import paper_config
+
+    paper_config(process)                        # one-line error for a process without a published model
+    for n in threads:
+        check_threads(n)
+    short, long = steps
+    if not 1 <= short < long or repeats < 1 or min(batches) < 1:
+        raise TinyseqError(f"--end-to-end needs positive batches, 1 <= short < long steps and --repeats >= 1, "
+                           f"got batches {list(batches)}, steps {short},{long}, repeats {repeats}")
+    # one untimed run first: it compiles what the Numba cache lacks, which would otherwise land in one timed run
+    run_train(["--preset", "paper", "--process", process, "--steps", "1", "--threads", "1"])
+    rows = []
+    for n in threads:
+        worker = TorchWorker(n) if torch_available() else None
+        try:
+            for batch in batches:
+                rows.append(_e2e_row(process, batch, n, short, long, repeats, worker, callback))
+        finally:
+            if worker is not None:
+                worker.close()
+    return {"process": process, "steps": [short, long], "repeats": repeats, "rows": rows,
+            "command": f"tinyseq train --preset paper --process {process} --batch B --threads N --steps S"}
+
+
+def _e2e_row(process, batch, threads, short, long, repeats, worker, callback) -> dict:
+    """One batch x threads row: per repeat a short run, a long run and PyTorch; medians and paired ratios.
+    Rates are tokens/s by the wall clock, and by CPU time (user + sys of all threads: steadier on a busy
+    machine, but with 2 threads it counts the work, not the waiting)."""
+    from tinyseq.nn.transformer import paper_config
+    from tinyseq.train import PAPER_TRAIN, TrainConfig
+
+    n_ctx, train = paper_config(process).n_ctx, TrainConfig(**PAPER_TRAIN.get(process, {}))
+    args = ["--preset", "paper", "--process", process, "--batch", str(batch), "--threads", str(threads)]
+    tokens = (long - short) * batch * n_ctx
+    rates = {k: [] for k in ("tinyseq", "tinyseq_cpu", "tinyseq_steps_only", "torch", "torch_cpu")}
+    for r in range(repeats):
+        a, b = run_train([*args, "--steps", str(short)]), run_train([*args, "--steps", str(long)])
+        rates["tinyseq"].append(tokens / (b["wall"] - a["wall"]))
+        rates["tinyseq_cpu"].append(tokens / (b["cpu"] - a["cpu"]))
+        rates["tinyseq_steps_only"].append(b["summary"]["tokens_per_s"])     # time inside train_step only
+        if worker is not None:
+            t = worker.train(threads, process=process, batch=batch, warm=short, steps=long - short,
+                             lr=train.lr, warmup=train.warmup, clip=train.clip)
+            rates["torch"].append(tokens / t["seconds"])
+            rates["torch_cpu"].append(tokens / t["cpu"])
+        if callback:
+            callback({"batch": batch, "threads": threads, "repeat": r, "other_load": b["other_load"],
+                      **{k: v[-1] for k, v in rates.items() if v}})
+    rates = {k: np.array(v) for k, v in rates.items() if v}
+    row = {"batch": batch, "threads": threads, **{k: round(float(np.median(v))) for k, v in rates.items()},
+           "runs": {k: [round(x) for x in v] for k, v in rates.items()}}
+    if "torch" in rates:          # paired: the median over repeats of that repeat's ratio
+        row["ratio_vs_torch"] = round(float(np.median(rates["tinyseq"] / rates["torch"])), 2)
+        row["ratio_cpu_vs_torch"] = round(float(np.median(rates["tinyseq_cpu"] / rates["torch_cpu"])), 2)
+    return row
+
+
+def format_end_to_end(result: dict) -> str:
+    """The --end-to-end rows as a Markdown table."""
+    head = ["batch", "threads", "tinyseq train tok/s", "PyTorch tok/s", "tinyseq / PyTorch",
+            "by CPU time", "tinyseq train_step alone tok/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        torch_rate = f"{r['torch']:,}" if "torch" in r else "-"
+        ratio = f"{r['ratio_vs_torch']:.2f}x" if "ratio_vs_torch" in r else "-"
+        ratio_cpu = f"{r['ratio_cpu_vs_torch']:.2f}x" if "ratio_cpu_vs_torch" in r else "-"
+        lines.append(f"| {r['batch']} | {r['threads']} | {r['tinyseq']:,} | {torch_rate} | {ratio} | {ratio_cpu} | "
+                     f"{r['tinyseq_steps_only']:,} |")
+    short, long = result["steps"]
+    lines.append("")
+    lines.append(f"{result['command']}: rate between S = {short} and S = {long} (wall clock of the whole "
+                 f"command); PyTorch: the same loop on pre-sampled batches, steps {short + 1}..{long}; medians of "
+                 f"{result['repeats']} interleaved repeats, ratios paired (median of the per-repeat ratios); "
+                 f"by CPU time: the same with user + sys seconds instead of the wall clock")
     return "\n".join(lines)
 
 

@@ -249,6 +249,23 @@ def linear_residual_forward(x, W, b, resid):  # (..., C), (C, D), (D,), (..., D)
     return resid + linear_forward(x, W, b)
 
 
+def mlp_forward(x, W_in, b_in, W_out, b_out, resid, act):
+    # (..., C), (C, F), (F,), (F, C), (C,), (..., C), "relu" | "gelu"
+    # -> pre (..., F) or None, post (..., F), out (..., C)
+    """The MLP with its residual add: out = resid + act(x @ W_in + b_in) @ W_out + b_out. pre is returned for
+    gelu only: relu's derivative is 1 exactly where post > 0, so a relu MLP's backward needs post alone."""
+    pre, post = linear_act_forward(x, W_in, b_in, act)
+    return (None if act == "relu" else pre), post, linear_residual_forward(post, W_out, b_out, resid)
+
+
+def mlp_backward(dW_in, db_in, dW_out, db_out, dout, x, W_in, pre, post, W_out, act):
+    # (C, F) +=, (F,) +=, (F, C) +=, (C,) +=, (..., C), (..., C), (C, F), (..., F) or None, (..., F), (F, C), act
+    # -> dx (..., C)
+    # forward was: out = resid + post @ W_out + b_out ; post = act(pre) ; pre = x @ W_in + b_in
+    dpost = linear_backward(dW_out, db_out, dout, post, W_out)
+    return linear_act_backward(dW_in, db_in, dpost, x, W_in, post if act == "relu" else pre, act)
+
+
 def layernorm_backward_add(dresid, dw, db, dout, x, w, mean, rstd):
     # (..., C) +=, (C,) +=, (C,) +=, (..., C), (..., C), (C,), (...), (...)
     # forward was: resid + f(layernorm(resid))  ->  dresid += layernorm's backward of dout

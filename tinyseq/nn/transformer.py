@@ -12,8 +12,8 @@ Parameter and hook names and shapes are those of a TransformerLens HookedTransfo
 loads there by name (with act_fn "gelu_new" if ours used "gelu", see TransformerConfig.act_fn).
 The ops come from `self.ops`: the Numba twins of `ops_numba.py` (backend="numba", the default) or the plain NumPy
 reference `ops.py` (backend="numpy"); both have the same signatures, so the model code is the same for both.
-A few steps of a block are fused ops (`linear_act_*`, `linear_residual_forward`, `layernorm_backward_add`): a
-matmul and the elementwise work around it (bias, nonlinearity, residual add) in one pass. ops_numba.py has them
+A few steps of a block are fused ops (`linear_residual_forward`, `mlp_forward/backward`, `layernorm_backward_add`):
+a matmul and the elementwise work around it (bias, nonlinearity, residual add) in one pass. ops_numba.py has them
 as Numba kernels; the end of ops.py has their references, each composed of the plain ops above it.
 
 Two layout choices make each block a few large matrix products instead of many small ones (T = 10 is short):
@@ -127,7 +127,8 @@ class Transformer:
     """Pre-LN causal transformer. forward -> (logits, cache); backward(dlogits, cache) += params.grad.
 
     The cache is a dict of arrays keyed by TransformerLens hook names (plus `.mean`/`.rstd` for LayerNorm);
-    q, k, v, z are stored as (B, NH, T, HS), not TransformerLens's (B, T, NH, HS).
+    q, k, v, z are stored as (B, NH, T, HS), not TransformerLens's (B, T, NH, HS). A relu model's cache has no
+    `mlp.hook_pre`: its backward reads relu's derivative from `mlp.hook_post` (ops.mlp_forward says why).
     """
 
     def __init__(self, config: TransformerConfig, dtype=np.float32, seed: int = 0, backend: str = "numba"):
@@ -252,9 +253,10 @@ class Transformer:
         cache[f"{p}.hook_resid_mid"] = x
         # MLP: x = x + W_out act(W_in ln2(x))
         h = self._norm_forward(f"{p}.ln2", x, cache)                                  # (B, T, C)
-        pre, post = ops.linear_act_forward(h, P[f"{p}.mlp.W_in"], P[f"{p}.mlp.b_in"], self._act)  # (B, T, F) x2
-        x = ops.linear_residual_forward(post, P[f"{p}.mlp.W_out"], P[f"{p}.mlp.b_out"], x)  # (B, T, C)
-        cache[f"{p}.mlp.hook_pre"], cache[f"{p}.mlp.hook_post"] = pre, post
+        pre, post, x = ops.mlp_forward(h, *self._mlp(l), x, self._act)   # (B, T, F) or None, (B, T, F), (B, T, C)
+        if pre is not None:                     # relu's backward needs only post (ops.mlp_forward says why)
+            cache[f"{p}.mlp.hook_pre"] = pre
+        cache[f"{p}.mlp.hook_post"] = post
         cache[f"{p}.hook_resid_post"] = x
         return x
 
@@ -269,11 +271,11 @@ class Transformer:
         dx, the residual stream's gradient, is updated in place and returned."""
         ops, P, G, p = self.ops, self.params, self.params.grads, f"blocks.{l}"
         # MLP, forward was: x = x + mlp_out  ->  the residual passes dx through unchanged, plus the MLP path
-        dpost = ops.linear_backward(G[f"{p}.mlp.W_out"], G[f"{p}.mlp.b_out"], dx,
-                                    cache[f"{p}.mlp.hook_post"], P[f"{p}.mlp.W_out"])           # (B, T, F)
-        dh = ops.linear_act_backward(G[f"{p}.mlp.W_in"], G[f"{p}.mlp.b_in"], dpost,          # dpost: scratch
-                                       cache[f"{p}.ln2.hook_normalized"], P[f"{p}.mlp.W_in"],
-                                       cache[f"{p}.mlp.hook_pre"], self._act)                   # (B, T, C)
+        W_in, _, W_out, _ = self._mlp(l)
+        dW_in, db_in, dW_out, db_out = self._mlp(l, G)
+        dh = ops.mlp_backward(dW_in, db_in, dW_out, db_out, dx, cache[f"{p}.ln2.hook_normalized"], W_in,
+                              cache.get(f"{p}.mlp.hook_pre"), cache[f"{p}.mlp.hook_post"], W_out,
+                              self._act)                                                        # (B, T, C)
         self._norm_backward_add(f"{p}.ln2", dx, dh, cache[f"{p}.hook_resid_mid"], cache)        # dx += (B, T, C)
         # attention, forward was: x = x + attn_out
         dzm = ops.linear_backward(self._W_O(l, G), G[f"{p}.attn.b_O"], dx,
@@ -320,6 +322,10 @@ class Transformer:
         cfg = self.config
         dW += dW_qkv.reshape(cfg.d_model, 3, cfg.n_heads, cfg.d_head).transpose(1, 2, 0, 3)
 
+    def _mlp(self, l, buffers=None):  # -> W_in (C, F), b_in (F,), W_out (F, C), b_out (C,) (or their gradients)
+        buffers = self.params.values if buffers is None else buffers
+        return tuple(buffers[f"blocks.{l}.mlp.{name}"] for name in ("W_in", "b_in", "W_out", "b_out"))
+
     def _W_O(self, l, buffers=None):  # -> (NH*HS, C) view of W_O (or of its gradient)
         buffers = self.params.values if buffers is None else buffers
         return buffers[f"blocks.{l}.attn.W_O"].reshape(-1, self.config.d_model)
@@ -346,31 +352,54 @@ class Transformer:
         for j in range(1, depth + 1):
             x = P["embed.W_E"][np.arange(V ** j) % V] + P["pos_embed.W_pos"][t + j - 1]  # (V^j, C) last token
             x = np.broadcast_to(x, (B,) + x.shape).reshape(B * V ** j, 1, cfg.d_model)  # (B*V^j, 1, C) a copy
+            anc = [np.arange(V ** j) // V ** (j - d) for d in range(1, j + 1)]  # ancestor at level d (d = j: itself)
             for l in range(cfg.n_layers):
-                x = self._tree_block(l, x, kv[l])
+                x = self._tree_block(l, x, kv[l], anc)
             xf = self._norm_forward("ln_final", x, {})
             levels.append(ops.linear_forward(xf, P["unembed.W_U"], P["unembed.b_U"]).reshape(B, V ** j, V))
         return levels
 
-    def _tree_block(self, l, x, kv):  # (B*n, 1, C), [prefix (k, v), level 1 (k, v), ...] -> (B*n, 1, C)
-        """_block_forward for the n = V^j tokens of level j of the continuation tree; appends their keys and
-        values to kv. Node i of level j has the ancestor i // V^(j-d) at level d."""
-        ops, P, p, NH, V = self.ops, self.params, f"blocks.{l}", self.config.n_heads, self.config.d_vocab
+    def prefix_tree_logits(self, tokens):  # (N, T) int -> (N, T, V)
+        """logits(tokens), computed once per distinct prefix. The logits, keys and values at position t depend
+        only on x_1..x_t (the model is causal), so sequences that share their first t tokens share them; a
+        held-out set of 4096 mess3 sequences of 10 tokens has 7,336 distinct prefixes for its 40,960 positions
+        (distinct_prefixes). Each distinct position costs more than one of the plain forward (a gather of its
+        ancestors' keys per level), so with little sharing (long contexts) the plain forward is faster.
+        Level t of the prefix tree holds the distinct prefixes of length t + 1; each new token attends over the
+        cached keys and values of its ancestors (as continuation_logits, with no shared prefix)."""
+        ops, P, cfg, V = self.ops, self.params, self.config, self.config.d_vocab
+        tokens = check_tokens(tokens, cfg)
+        N, T = tokens.shape
+        none = np.zeros((1, 1, cfg.n_heads, 0, cfg.d_head), dtype=P.dtype)    # no shared prefix: 0 keys
+        kv = [[(none, none)] for _ in range(cfg.n_layers)]
+        anc = []                                            # per level 0..t: each node's ancestor there
+        out = np.empty((N, T, V), dtype=P.dtype)
+        for t, (uniq, node) in enumerate(prefix_levels(tokens, V)):
+            anc = [a[uniq // V] for a in anc] + [np.arange(len(uniq))]                # (n,) per level 0..t
+            x = (P["embed.W_E"][uniq % V] + P["pos_embed.W_pos"][t])[:, None]          # (n, 1, C)
+            for l in range(cfg.n_layers):
+                x = self._tree_block(l, x, kv[l], anc)
+            xf = self._norm_forward("ln_final", x, {})
+            out[:, t] = ops.linear_forward(xf, P["unembed.W_U"], P["unembed.b_U"])[node, 0]
+        return out
+
+    def _tree_block(self, l, x, kv, anc):
+        # (B*n, 1, C), [prefix (k, v), level 1 (k, v), ...], [(n,) per level 1..j] -> (B*n, 1, C)
+        """_block_forward for the n tokens of level j of a tree of continuations of a prefix; appends their keys
+        and values to kv. anc[d - 1][i] is node i's ancestor at level d (anc[j - 1][i] = i itself)."""
+        ops, P, p, NH = self.ops, self.params, f"blocks.{l}", self.config.n_heads
         h = self._norm_forward(f"{p}.ln1", x, {})
         qkv = ops.linear_forward(h, *self._qkv_gather(l))                  # (B*n, 1, 3*NH*HS)
         B = kv[0][0].shape[0]
         q, k, v = (a.reshape((B, -1) + a.shape[1:]) for a in split_qkv(qkv, NH))  # (B, n, NH, 1, HS)
         kv.append((k, v))
-        j, n = len(kv) - 1, k.shape[1]
-        anc = [np.arange(n) // V ** (j - d) for d in range(1, j + 1)]    # ancestor at level d (itself at d = j)
         k_path = np.concatenate([kv[d][0][:, a] for d, a in enumerate(anc, start=1)], axis=-2)  # (B, n, NH, j, HS)
         v_path = np.concatenate([kv[d][1][:, a] for d, a in enumerate(anc, start=1)], axis=-2)
         z = tree_attention(q, kv[0][0], kv[0][1], k_path, v_path)           # (B, n, NH, 1, HS)
         zm = merge_heads(z.reshape((-1,) + z.shape[2:]))                     # (B*n, 1, NH*HS)
         x = ops.linear_residual_forward(zm, self._W_O(l), P[f"{p}.attn.b_O"], x)
         h = self._norm_forward(f"{p}.ln2", x, {})
-        _, post = ops.linear_act_forward(h, P[f"{p}.mlp.W_in"], P[f"{p}.mlp.b_in"], self._act)
-        return ops.linear_residual_forward(post, P[f"{p}.mlp.W_out"], P[f"{p}.mlp.b_out"], x)
+        return ops.mlp_forward(h, *self._mlp(l), x, self._act)[2]
 
     def activations(self, tokens):  # (B, T) int -> {hook name: (B, T, C)} in pipeline order
         """The residual stream at TransformerLens hook points: blocks.0.hook_resid_pre (embeddings), then
@@ -382,6 +411,24 @@ class Transformer:
         if self.config.normalization_type is not None:
             names.append("ln_final.hook_normalized")
         return {name: cache[name] for name in names}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the tree of distinct prefixes of a set of sequences (prefix_tree_logits)
+def prefix_levels(tokens, V):  # (N, T) int, V > every token -> [(uniq (n_t,), node (N,))] for t = 0..T-1
+    """Level t: the distinct prefixes x_1..x_{t+1}, each a key parent node * V + token (uniq, sorted; the parent
+    is key // V, the token key % V), and each sequence's node among them."""
+    node, levels = np.zeros(len(tokens), dtype=np.int64), []
+    for t in range(tokens.shape[1]):
+        uniq, node = np.unique(node * V + tokens[:, t], return_inverse=True)
+        node = node.reshape(-1)
+        levels.append((uniq, node))
+    return levels
+
+
+def distinct_prefixes(tokens) -> int:  # (N, T) int -> how many positions prefix_tree_logits computes
+    tokens = np.asarray(tokens)
+    return sum(len(uniq) for uniq, _ in prefix_levels(tokens, int(tokens.max()) + 1)) if tokens.size else 0
 
 
 # ----------------------------------------------------------------------------------------------------------
