@@ -65,6 +65,8 @@ def shortened(argv):
         extra += ["--steps", "30"]
     if cmd == "compare" and "--grid" not in argv:
         extra += ["--grid", "transformer:ntp"]
+    if cmd == "probe" and not any("pathstar" in a for a in argv):
+        extra += ["--permutations", "20"]     # the shuffle control's loop, fewer times (a path-star probe has none)
     return argv + extra
 
 
