@@ -4,6 +4,7 @@ import traceback
 import warnings
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 
 # keep test runs light on the shared 2-core machine, and importable from a plain checkout
@@ -80,3 +81,21 @@ def compile_probe_once(monkeypatch):
             _COMPILE_TIMES.append(real())
         return dict(_COMPILE_TIMES[0])
     monkeypatch.setattr(bench, "compile_times", once)
+
+
+def filter_beliefs(T, pi, tokens):  # (V, S, S), (S,), (N, T) -> (N, T, S)
+    """The plain forward filter, for stub networks in tests (independent of tinyseq.beliefs): the belief after
+    each token, starting from pi; an impossible token keeps the previous belief instead of dividing by 0."""
+    tokens = np.asarray(tokens)
+    eta = np.broadcast_to(pi, (len(tokens), len(pi))).copy()
+    out = np.empty(tokens.shape + (len(pi),))
+    for t in range(tokens.shape[1]):
+        u = np.einsum("bi,bij->bj", eta, T[tokens[:, t]])
+        z = u.sum(axis=1, keepdims=True)
+        eta = np.where(z > 0, u / np.where(z > 0, z, 1.0), eta)
+        out[:, t] = eta
+    return out
+
+
+def safe_beliefs(proc, tokens):  # (N, T) -> (N, T, S) of a process, by filter_beliefs
+    return filter_beliefs(proc.T, proc.stationary, tokens)

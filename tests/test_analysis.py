@@ -8,23 +8,12 @@ import numpy as np
 import pytest
 
 import tinyseq
+from conftest import safe_beliefs
 from tinyseq import analysis as A
 from tinyseq import beliefs as B
 from tinyseq import report
 from tinyseq.errors import TinyseqError
 from tinyseq.nn.ops import softmax
-
-
-def safe_beliefs(proc, tokens):  # (N, T) -> (N, T, S); an impossible token keeps the previous belief
-    tokens = np.asarray(tokens)
-    eta = np.broadcast_to(proc.stationary, (len(tokens), proc.n_states)).copy()
-    out = np.empty(tokens.shape + (proc.n_states,))
-    for t in range(tokens.shape[1]):
-        u = np.einsum("bi,bij->bj", eta, proc.T[tokens[:, t]])
-        z = u.sum(axis=1, keepdims=True)
-        eta = np.where(z > 0, u / np.where(z > 0, z, 1.0), eta)
-        out[:, t] = eta
-    return out
 
 
 class Stub:

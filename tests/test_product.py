@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tinyseq
-from conftest import cli_in_process
+from conftest import cli_in_process, filter_beliefs
 from tinyseq import analysis as A
 from tinyseq import beliefs as B
 from tinyseq import report
@@ -186,15 +186,8 @@ class FactorStub:
         self.T, self.pi = joint_by_hand(*proc.factors)
         self.config = SimpleNamespace(n_ctx=n_ctx, d_vocab=proc.vocab)
 
-    def _joint(self, tokens):  # (N, T) -> (N, T, S) by the plain filter (an impossible token keeps the belief)
-        eta = np.tile(self.pi, (len(tokens), 1))
-        out = np.empty(tokens.shape + (len(self.pi),))
-        for t in range(tokens.shape[1]):
-            u = np.einsum("bi,bij->bj", eta, self.T[tokens[:, t]])
-            z = u.sum(axis=1, keepdims=True)
-            eta = np.where(z > 0, u / np.where(z > 0, z, 1.0), eta)
-            out[:, t] = eta
-        return out
+    def _joint(self, tokens):  # (N, T) -> (N, T, S) by the plain filter on the joint built by hand
+        return filter_beliefs(self.T, self.pi, tokens)
 
     def logits(self, tokens):
         return np.log(np.clip(self._joint(np.asarray(tokens)) @ self.T.sum(axis=2).T, 1e-300, None))

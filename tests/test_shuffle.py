@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import tinyseq
+from conftest import cli_in_process, safe_beliefs
 from tinyseq import analysis as A
 from tinyseq import beliefs as B
 from tinyseq import probes, report, shuffle
@@ -17,17 +18,6 @@ from tinyseq.errors import TinyseqError
 from tinyseq.processes import sample
 
 N_PERM = 40
-
-
-def safe_beliefs(proc, tokens):  # (N, T) -> (N, T, S); an impossible token keeps the previous belief
-    eta = np.broadcast_to(proc.stationary, (len(tokens), proc.n_states)).copy()
-    out = np.empty(tokens.shape + (proc.n_states,))
-    for t in range(tokens.shape[1]):
-        u = np.einsum("bi,bij->bj", eta, proc.T[tokens[:, t]])
-        z = u.sum(axis=1, keepdims=True)
-        eta = np.where(z > 0, u / np.where(z > 0, z, 1.0), eta)
-        out[:, t] = eta
-    return out
 
 
 class Stub:
@@ -220,7 +210,6 @@ def test_random_init_rows_are_shuffled_too(rrxor):
 
 
 def test_cli_probe_runs_the_shuffle_and_rejects_bad_counts(tmp_path):
-    from conftest import cli_in_process
     from tinyseq.checkpoint import save
     from tinyseq.models import build_model
     proc = tinyseq.process("rrxor")
@@ -260,7 +249,6 @@ def test_every_architecture_reproduces_the_belief_table(rrxor, kind):
 
 
 def test_demo_runs_the_shuffle_only_when_asked(tmp_path):
-    from conftest import cli_in_process
     tiny = ["--d-model", "8", "--n-layers", "1", "--n-heads", "1", "--d-head", "4", "--d-mlp", "16", "--n-ctx", "5"]
     base = ["demo", "--process", "rrxor", "--time", "1", "--no-live", "--threads", "1", *tiny]
     r = cli_in_process([*base, "--out", str(tmp_path / "a"), "--shuffle"])
