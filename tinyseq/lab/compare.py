@@ -44,8 +44,9 @@ import numpy as np
 
 from tinyseq import pathstar
 from tinyseq.errors import TinyseqError
-from tinyseq.lab.compare_paths import PATH_GRID
 from tinyseq.lab import compare_paths
+from tinyseq.lab import mean_spread as _ms
+from tinyseq.lab.compare_paths import PATH_GRID
 from tinyseq.objectives import PATH_OBJECTIVES
 from tinyseq.pathstar import PathStar
 from tinyseq.report import describe_set
@@ -459,13 +460,6 @@ def _collect(results, records, specs, out, emit, t0):  # -> (status, [failed rec
 
 # ----------------------------------------------------------------------------------------------------------
 # aggregation over seeds
-def _ms(values) -> dict:
-    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
-    if v.size == 0:
-        return {"mean": None, "spread": None, "n": 0}
-    return {"mean": float(v.mean()), "spread": float(v.std(ddof=1)) if v.size > 1 else None, "n": int(v.size)}
-
-
 def aggregate(process, variants, seeds, records, horizon, budget=None) -> dict:
     """Rows of mean +- spread over seeds per variant, and the sentence that says what they show."""
     by_variant = {v.name: {r["spec"]["seed"]: r for r in records if r["spec"]["variant"] == v.name}

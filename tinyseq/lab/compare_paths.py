@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from tinyseq import pathstar
+from tinyseq.lab import mean_spread as _ms
 
 PATH_GRID = ("transformer:ntp,transformer:reverse,transformer:teacherless,transformer:mtp=2,gru:ntp,gru:reverse")
 LEARNED = 0.95               # exact match at or above this: the variant "reaches the paths"
@@ -33,13 +32,6 @@ def measure(model, spec, variant: str, seed: int, n_graphs: int = pathstar.PROBE
     return {"paths": {"exact_match": paths["exact_match"], "exact_match_chance": paths["exact_match_chance"],
                       "path_accuracy": paths["path_accuracy"], "n_graphs": n_graphs},
             "plan": {"hook": hook, "rows": plan}}
-
-
-def _ms(values) -> dict:
-    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
-    if v.size == 0:
-        return {"mean": None, "spread": None, "n": 0}
-    return {"mean": float(v.mean()), "spread": float(v.std(ddof=1)) if v.size > 1 else None, "n": int(v.size)}
 
 
 def _row(variant, runs: dict) -> dict:
