@@ -187,7 +187,10 @@ def train_cmd(process_spec, kind, preset, out, resume, overwrite, as_json, live,
     if resume is not None:
         proc, model, config, state, out = runs.resume_run(resume, process_spec, kind, preset, out, given_model,
                                                           given_train)
+        _is_task(proc)                     # --live draws beliefs: refused for a path-star run
     else:
+        if process_spec is not None:
+            _is_task(tinyseq.process(process_spec))     # before new_run touches the disk
         proc, model, config, out = runs.new_run(process_spec, kind, preset, given_model, given_train, out, overwrite)
         state = None
     summary = _train_with_progress(proc, model, config, out, state, live=live)
@@ -332,7 +335,7 @@ def _print_analysis(a, png, as_json, extra=None, before=(), verbose=False):
         click.echo(f"picture written to {png}")
 
 
-HMM_ONLY = ("eval_set", "weighting", "horizon", "png", "permutations", "shuffle")   # belief-only options
+HMM_ONLY = ("eval_set", "weighting", "horizon", "png", "permutations", "shuffle", "live")   # belief-only options
 
 
 def _is_task(proc) -> bool:

@@ -164,6 +164,7 @@ def test_process_show_prints_layout_and_chance():
     (["train", "--process", SPEC, "--preset", "paper"], "drop --preset"),
     (["train", "--process", "pathstar:d=1"], "d >= 2"),
     (["train", "--process", "pathstar:d=2,l=5,n=8"], "n >= 9"),
+    (["train", "--process", SPEC, "--live"], "--live applies to hidden Markov"),
     (["process", "show", SPEC, "--depth", "3"], "--depth applies to hidden Markov"),
     (["demo", "--process", SPEC, "--eval-set", "sample"], "--eval-set applies to hidden Markov"),
     (["compare", "--process", "mess3", "--grid", "transformer:reverse"], "path-star"),
