@@ -99,6 +99,14 @@ def _chance_row(result) -> list | None:
             f"{c['teacher_forced']:.3f}", "1.000", f"{c['generated']:.3f}"]
 
 
+def _plan_at_chance(row: dict, n: int) -> bool:
+    """The planning step, generated, within 3 standard errors (n graphs) of its chance level."""
+    if not row["plan_chance"] or row["plan_generated"]["mean"] is None:
+        return False
+    chance = row["plan_chance"]["generated"]
+    return abs(row["plan_generated"]["mean"] - chance) <= 3 * math.sqrt(chance * (1 - chance) / n)
+
+
 def summary_sentence(result: dict) -> str:
     """Which objectives reach the paths (exact match >= LEARNED on average), which learned the lookups but stay at
     chance on the planning step (within 3 standard errors of 1/d), which did not learn the lookups at all in
@@ -110,9 +118,7 @@ def summary_sentence(result: dict) -> str:
     reach = [r for r in rows if r["exact_match"]["mean"] >= LEARNED]
     no_lookups = [r for r in rows if r not in reach and r["later_teacher_forced"]["mean"] is not None
                   and r["later_teacher_forced"]["mean"] < LOOKUPS]
-    stuck = [r for r in rows if r not in reach + no_lookups and r["plan_chance"]
-             and r["plan_generated"]["mean"] is not None and abs(r["plan_generated"]["mean"] - r["plan_chance"][
-                 "generated"]) <= 3 * math.sqrt(r["plan_chance"]["generated"] * (1 - r["plan_chance"]["generated"]) / n)]
+    stuck = [r for r in rows if r not in reach + no_lookups and _plan_at_chance(r, n)]
     text = lambda r: f"{r['variant']} ({_pm(r['exact_match'])})"                   # noqa: E731
     said = [("reach the paths (exact match >= 0.95): " + ", ".join(text(r) for r in reach)) if reach
             else "no variant reaches exact match 0.95"]
