@@ -49,10 +49,10 @@ SCHEDULES = ("cosine", "constant")
 DEFAULT_LR = {"transformer": 3e-3, "rnn": 1e-2, "gru": 1e-2, "lstm": 1e-2}
 DEFAULT_STEPS = 300              # the budget when none of steps / tokens / time is given
 # --preset paper, per process. mess3: the best PyTorch settings from ANCHORS.md (lr 3e-3, batch 256, warmup 50).
-# rrxor: chosen for a 40 s CPU budget (~500 steps at batch 64 on 2 cores; BENCHMARKS.md, "rrxor in 40 s"): lr 1e-3
-# with a 250-step warmup and Adam beta2 0.95. The old 50-step warmup gave concatenated-hook belief MSE 5.2e-3,
-# higher or lower lr with it no better than 4.2e-3; the long warmup 4.1e-3, and beta2 0.95 with it 3.9e-3
-# (better on each of 3 seeds, 500 steps each).
+# rrxor: chosen for a 40 s CPU budget (BENCHMARKS.md, "rrxor in 40 s"): lr 1e-3 with a 250-step warmup and Adam
+# beta2 0.95. Searched at 500 steps (the budget estimated under load): the old 50-step warmup gave concatenated-hook
+# belief MSE 5.2e-3, higher or lower lr with it no better than 4.2e-3; the long warmup 4.1e-3, and beta2 0.95 with
+# it 3.9e-3 (better on each of 3 seeds). On 2 idle cores `--time 40` trains 1,161-1,466 steps: 2.6e-3.
 PAPER_TRAIN = {"mess3": {"lr": 3e-3, "batch": 256},
                "rrxor": {"lr": 1e-3, "batch": 64, "warmup": 250, "betas": (0.9, 0.95)}}
 EVAL_CHUNK = 1024            # sequences per forward pass during evaluation (bounds memory)
