@@ -708,7 +708,7 @@ def in_context(proc, data, bdata, loss, control=None) -> dict | None:
                             for t, p in enumerate(loss["per_position"])],
             "hook": hook, "hook_label": hook_label(hook),
             "posterior": [{"tokens_read": t + 1,
-                           "entropy_nats": float(w @ mixture.posterior_entropy(post[:, t])),
+                           "entropy_nats": float(w @ B.entropy(post[:, t])),
                            "true_component_posterior": float(w @ (post[:, t] ** 2).sum(axis=1)),
                            "probe_mse": trained[t]["mse"], "probe_r2": trained[t]["r2"],
                            "spread_mse": trained[t]["spread_mse"],

@@ -269,7 +269,7 @@ def _recurrent_stationary(trans: np.ndarray, start: int = 0) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------------------
 # entropies
-def _entropy(p, axis=-1):
+def entropy(p, axis=-1):  # (..., K) probabilities -> (...) their entropy in nats (0 log 0 = 0)
     p = np.asarray(p)
     with np.errstate(divide="ignore", invalid="ignore"):
         return -np.where(p > 0, p * np.log(p), 0.0).sum(axis=axis)
@@ -287,7 +287,7 @@ def myopic_entropies(proc, depth: int, m: MSP | None = None) -> np.ndarray:
         return product_myopic_entropies(proc, depth)
     m = m if m is not None and len(m.levels) >= depth else msp(proc, depth - 1)
     E = proc.emission
-    return np.array([float(lvl.probs @ _entropy(lvl.beliefs @ E)) for lvl in m.levels[:depth]])
+    return np.array([float(lvl.probs @ entropy(lvl.beliefs @ E)) for lvl in m.levels[:depth]])
 
 
 def block_entropies(proc, depth: int, m: MSP | None = None) -> np.ndarray:
@@ -301,7 +301,7 @@ def entropy_rate(proc, depth: int = 10) -> tuple[float, bool]:
     beliefs, trans, finite = msp_graph(proc)
     if finite:
         pi = _recurrent_stationary(trans)
-        return float(pi @ _entropy(beliefs @ proc.emission)), True
+        return float(pi @ entropy(beliefs @ proc.emission)), True
     return float(myopic_entropies(proc, depth)[-1]), False
 
 
@@ -311,7 +311,7 @@ def statistical_complexity(proc) -> float | None:
     if not finite:
         return None
     pi = _recurrent_stationary(trans)
-    return float(_entropy(pi[pi > 0]))
+    return float(entropy(pi[pi > 0]))
 
 
 def excess_entropy_estimate(h: np.ndarray, rate: float) -> float:

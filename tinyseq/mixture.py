@@ -136,21 +136,16 @@ def component_floors(mix: Mixture, depth: int) -> np.ndarray:  # -> (K, depth)
     return np.stack([myopic_entropies(c, depth) for c in mix.components])
 
 
-def posterior_entropy(p):  # (..., K) posterior over components -> (...) its entropy in nats
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(axis=-1)
-
-
 def posterior_by_position(mix: Mixture, depth: int, m=None) -> dict:
     """After reading L = 0..depth tokens: H(C | X_1..L) (nats) and E[P(true component | X_1..L)], exact.
 
     E[P(true | x)] = sum_x P(x) sum_k P(k | x)^2: how much weight a Bayes reader puts on the right component."""
-    from tinyseq.beliefs import msp
+    from tinyseq.beliefs import entropy, msp
     m = m if m is not None and len(m.levels) > depth else msp(mix, depth)
     ent, true = [], []
     for lvl in m.levels[:depth + 1]:
         post = component_posterior(mix, lvl.beliefs)                # (n, K)
-        ent.append(float(lvl.probs @ posterior_entropy(post)))
+        ent.append(float(lvl.probs @ entropy(post)))
         true.append(float(lvl.probs @ (post ** 2).sum(axis=1)))
     return {"entropy_nats": ent, "true_component_posterior": true}
 
