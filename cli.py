@@ -522,14 +522,13 @@ def compare_cmd(process_specs, grid, seeds, steps, seconds, workers, threads, ho
     procs = [tinyseq.process(spec) for spec in (process_specs or ("mess3",))]
     grids = [compare.parse_grid(grid if grid is not None else compare.default_grid(p)) for p in procs]
     outs = runs.compare_outs(procs, out)
-    results = []
-    for proc, variants, where in zip(procs, grids, outs):
-        progress = compare_progress(where, lambda text: click.echo(text, err=True))
-        results.append(compare.run_grid(proc, variants, seeds=seeds, seconds=seconds, steps=steps, workers=workers,
-                                        threads_per_run=threads, out=where, horizon=horizon, dask=dask,
-                                        callback=progress))
-        if results[-1]["status"] == "interrupted":
-            break
+    # every process's runs go to one pool of workers (compare.run_grids), so none waits for another's last run
+    planned = [compare.plan_grid(proc, variants, seeds=seeds, seconds=seconds, steps=steps, out=where,
+                                 horizon=horizon,
+                                 callback=compare_progress(where, lambda text: click.echo(text, err=True),
+                                                           compare.short_label(proc.label) if len(procs) > 1 else None))
+               for proc, variants, where in zip(procs, grids, outs)]
+    results = compare.run_grids(planned, workers=workers, threads_per_run=threads, dask=dask)
     _print_compare(results, as_json)
 
 

@@ -163,6 +163,26 @@ def test_several_processes_make_one_table_with_a_process_column(tmp_path):
     assert bayes_rows == ["mess3", "z1r"]                # one Bayes row per process: their limits differ
 
 
+def test_several_processes_share_one_pool_with_the_same_runs_as_one_at_a_time(tmp_path):
+    # run_grids: every process's runs in one queue, the costliest first; each run is the one run_grid would
+    # train (same spec, same key, same numbers: a step budget is deterministic) and lands in its own grid
+    kw = dict(seeds=2, horizon=2, model_overrides={"gru": TINY["gru"]})
+    alone = {p: C.run_grid(tinyseq.process(p), C.parse_grid("gru:ntp"), steps=s, workers=1, threads_per_run=1, **kw)
+             for p, s in (("mess3", 3), ("z1r", 6))}
+    events = []
+    grids = [C.plan_grid(tinyseq.process(p), C.parse_grid("gru:ntp"), steps=s, out=str(tmp_path / p),
+                         callback=events.append, **kw) for p, s in (("mess3", 3), ("z1r", 6))]
+    todo = sorted([s for g in grids for s in g.todo], key=C.run_cost, reverse=True)
+    assert [s["budget"]["steps"] for s in todo] == [6, 6, 3, 3]          # z1r's longer runs are queued first
+    together = C.run_grids(grids, workers=1, threads_per_run=1)
+    for result, p in zip(together, ("mess3", "z1r")):
+        assert result["process"] == alone[p]["process"] and result["n_finished"] == 2
+        assert result["runs"] == alone[p]["runs"]                          # same keys
+        assert result["rows"][0]["gap_by_seed"] == alone[p]["rows"][0]["gap_by_seed"]
+        assert len(os.listdir(tmp_path / p / "runs")) == 2
+    assert sum(e["event"] == "plan" for e in events) == 2 and sum(e["event"] == "finished" for e in events) == 4
+
+
 def test_default_budget_is_equal_steps_per_process():
     assert C.default_steps(tinyseq.process("rrxor")) == C.DEFAULT_STEPS["rrxor"]
     assert C.default_steps(tinyseq.process("even")) == C.DEFAULT_STEPS_OTHER

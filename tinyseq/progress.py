@@ -106,23 +106,27 @@ def budget_used(ev) -> tuple:  # a "step" event -> (fraction of the budget spent
     return min(1.0, ev["seconds"] / ev["time"]), f"step {ev['step']} {ev['seconds']:.0f}/{ev['time']:g} s"
 
 
-def compare_progress(out, echo):
-    """The callback of `tinyseq compare`: a line per planned / finished / failed run. echo(text) prints."""
+def compare_progress(out, echo, label=None):
+    """The callback of `tinyseq compare`: a line per planned / finished / failed run. echo(text) prints;
+    label: the process's name, said on every line when several processes share the workers."""
+    head = f"{label}: " if label else ""
+
     def progress(ev):
         kind = ev["event"]
         if kind == "plan":
             where = (f"on the Dask cluster at {ev['dask']}" if ev["dask"] else
                      f"{ev['workers']} worker{'s' if ev['workers'] > 1 else ''} x {ev['threads_per_run']} "
                      f"thread{'s' if ev['threads_per_run'] > 1 else ''}")
-            msg = f"{ev['runs']} runs ({ev['cached']} already saved in {out}), {ev['todo']} to train {where}"
+            msg = f"{head}{ev['runs']} runs ({ev['cached']} already saved in {out}), {ev['todo']} to train {where}"
             if ev["todo"] and ev["workers"] and ev["seconds"]:
-                rounds = -(-ev["todo"] // ev["workers"])
-                msg += f": about {rounds * (ev['seconds'] + 8) / 60:.0f} min"
+                rounds = -(-ev.get("all_todo", ev["todo"]) // ev["workers"])
+                msg += f": about {rounds * (ev['seconds'] + 8) / 60:.0f} min{' for all processes' if label else ''}"
             echo(msg)
         elif kind == "finished":
             what = (f"exact match {ev['exact_match']:.3f}" if ev.get("exact_match") is not None
                     else f"gap {ev['gap_nats']:.2e} nats")
-            echo(f"[{ev['done']}/{ev['runs']}] {ev['variant']} seed {ev['seed']}: {what} ({ev['seconds']:.0f} s)")
+            echo(f"{head}[{ev['done']}/{ev['runs']}] {ev['variant']} seed {ev['seed']}: {what} "
+                 f"({ev['seconds']:.0f} s)")
         elif kind == "failed":
-            echo(f"{ev['variant']} seed {ev['seed']} failed: {ev['error']}")
+            echo(f"{head}{ev['variant']} seed {ev['seed']} failed: {ev['error']}")
     return progress

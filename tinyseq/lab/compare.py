@@ -369,17 +369,24 @@ def _dask_results(todo, address, threads):
             client.close()
 
 
-def run_grid(process, variants, seeds=DEFAULT_SEEDS, seconds=None, steps=None, workers=None,
-             threads_per_run=None, out=None, horizon=DEFAULT_HORIZON, model_overrides=None, train_overrides=None,
-             dask=None, callback=None) -> dict:
-    """Train and analyse every (variant, seed) not already saved under `out`, then aggregate.
+@dataclass
+class Grid:
+    """One process's grid before and while it runs: every spec, the runs already saved, what is left to train."""
+    process: object
+    variants: list
+    seeds: list
+    specs: list
+    records: dict                    # {key: finished record}, saved ones first
+    todo: list                       # specs still to train
+    out: str | None
+    horizon: int
+    emit: object                     # callback(event: dict)
+    failed: list = dataclasses.field(default_factory=list)
 
-    seeds: a count (seeds 0..n-1) or a list. Budget per run: seconds or steps (default: default_steps(process)).
-    out: a directory
-    (None: nothing is saved or reused). dask: a scheduler address ("tcp://host:8786") or a distributed.Client
-    to run on instead of local worker processes. callback(event: dict) gets "plan", "cached", "finished",
-    "failed" events. Ctrl-C returns the aggregate of the runs finished so far, with status "interrupted".
-    """
+
+def plan_grid(process, variants, seeds=DEFAULT_SEEDS, seconds=None, steps=None, out=None, horizon=DEFAULT_HORIZON,
+              model_overrides=None, train_overrides=None, callback=None) -> Grid:
+    """The specs of one process's grid and which of them are already saved under `out` (see run_grid)."""
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise TinyseqError(f"seeds must be a positive count or distinct seeds >= 0, got {seeds!r}")
@@ -392,27 +399,68 @@ def run_grid(process, variants, seeds=DEFAULT_SEEDS, seconds=None, steps=None, w
     emit = callback or (lambda event: None)
     specs = run_specs(process, variants, seeds, seconds, steps, model_overrides, horizon, train_overrides)
     records, todo = _saved_runs(specs, out, emit)
+    return Grid(process, variants, seeds, specs, records, todo, out, horizon, emit)
+
+
+def run_grid(process, variants, seeds=DEFAULT_SEEDS, seconds=None, steps=None, workers=None,
+             threads_per_run=None, out=None, horizon=DEFAULT_HORIZON, model_overrides=None, train_overrides=None,
+             dask=None, callback=None) -> dict:
+    """Train and analyse every (variant, seed) not already saved under `out`, then aggregate.
+
+    seeds: a count (seeds 0..n-1) or a list. Budget per run: seconds or steps (default: default_steps(process)).
+    out: a directory
+    (None: nothing is saved or reused). dask: a scheduler address ("tcp://host:8786") or a distributed.Client
+    to run on instead of local worker processes. callback(event: dict) gets "plan", "cached", "finished",
+    "failed" events. Ctrl-C returns the aggregate of the runs finished so far, with status "interrupted".
+    """
+    grid = plan_grid(process, variants, seeds, seconds, steps, out, horizon, model_overrides, train_overrides,
+                     callback)
+    return run_grids([grid], workers, threads_per_run, dask)[0]
+
+
+def run_grids(grids, workers=None, threads_per_run=None, dask=None) -> list[dict]:
+    """Several processes' grids (plan_grid) in one pool of workers, so no worker waits at the end of one grid
+    while the next could start; the costliest runs go first (fewest idle workers at the very end). Returns
+    one aggregate per grid, in order."""
+    todo = list({run_key(s): s for g in grids for s in g.todo}.values())     # a process given twice runs once
+    todo.sort(key=run_cost, reverse=True)
     if dask is None:
         workers, threads_per_run = plan_workers(len(todo), workers, threads_per_run)
     else:
         workers, threads_per_run = None, threads_per_run or 1
-    emit({"event": "plan", "runs": len(specs), "cached": len(specs) - len(todo), "todo": len(todo),
-          "workers": workers, "threads_per_run": threads_per_run, "seconds": seconds, "steps": steps,
-          "dask": None if dask is None else str(dask), "out": out})
+    for g in grids:
+        budget = g.specs[0]["budget"] if g.specs else {}
+        g.emit({"event": "plan", "runs": len(g.specs), "cached": len(g.specs) - len(g.todo), "todo": len(g.todo),
+                "workers": workers, "threads_per_run": threads_per_run, "seconds": budget.get("time"),
+                "steps": budget.get("steps"), "dask": None if dask is None else str(dask), "out": g.out,
+                "all_todo": len(todo)})
     t0 = time.perf_counter()
     results = (_dask_results(todo, dask, threads_per_run) if dask is not None
                else _local_results(todo, workers, threads_per_run))
-    status, failed = _collect(results, records, specs, out, emit, t0)
-    ordered = [records[run_key(s)] for s in specs if run_key(s) in records]
-    result = aggregate(process, variants, seeds, ordered, horizon, specs[0]["budget"] if specs else None)
-    result.update({"status": status, "out": out, "n_runs": len(specs), "n_finished": len(ordered),
-                   "n_failed": len(failed), "failed": [{"variant": f["spec"]["variant"], "seed": f["spec"]["seed"],
-                                                        "error": f["error"]} for f in failed],
+    status = _collect(results, grids, t0)
+    return [_grid_result(g, status, workers, threads_per_run, dask, time.perf_counter() - t0) for g in grids]
+
+
+def run_cost(spec: dict) -> float:
+    """A run's expected cost for ordering the work: tokens of training (steps x batch x context), or seconds."""
+    budget, train, model = spec["budget"], spec["train"], spec["model"]
+    if "time" in budget:
+        return budget["time"] * 1e6
+    return budget["steps"] * train["batch"] * model.get("n_ctx", 1)
+
+
+def _grid_result(g: Grid, status, workers, threads_per_run, dask, seconds) -> dict:
+    """The aggregate of one grid's finished runs, with how it ran; saved as out/compare.json."""
+    ordered = [g.records[run_key(s)] for s in g.specs if run_key(s) in g.records]
+    result = aggregate(g.process, g.variants, g.seeds, ordered, g.horizon, g.specs[0]["budget"] if g.specs else None)
+    result.update({"status": status, "out": g.out, "n_runs": len(g.specs), "n_finished": len(ordered),
+                   "n_failed": len(g.failed), "failed": [{"variant": f["spec"]["variant"], "seed": f["spec"]["seed"],
+                                                          "error": f["error"]} for f in g.failed],
                    "workers": workers,
                    "threads_per_run": threads_per_run, "dask": None if dask is None else str(dask),
-                   "seconds": time.perf_counter() - t0})
-    if out:
-        save_json(os.path.join(out, "compare.json"), result)
+                   "seconds": seconds})
+    if g.out:
+        save_json(os.path.join(g.out, "compare.json"), result)
     return result
 
 
@@ -428,26 +476,20 @@ def _saved_runs(specs, out, emit):  # -> ({key: record} already saved under out,
     return records, todo
 
 
-def _collect(results, records, specs, out, emit, t0):  # -> (status, [failed records]); saves each finished run
-    status, failed = "finished", []
+def _collect(results, grids, t0):  # -> status; saves each finished run into every grid that has its key
+    owners = {}
+    for g in grids:
+        for spec in g.specs:
+            owners.setdefault(run_key(spec), []).append(g)
+    status = "finished"
     try:
         for record in results:
-            spec = record["spec"]
-            if record["status"] == "finished":
-                path = run_file(out, spec) if out else None
-                if path:
-                    save_json(path, record)
-                records[record["key"]] = record
-                emit({"event": "finished", "variant": spec["variant"], "seed": spec["seed"], "path": path,
-                      "done": len(records), "runs": len(specs),
-                      "gap_nats": record["loss"]["gap_nats"] if "loss" in record else None,
-                      "exact_match": record["paths"]["exact_match"] if "paths" in record else None,
-                      "seconds": record["seconds"]["total"], "elapsed": time.perf_counter() - t0})
-            elif record["status"] == "failed":
-                failed.append(record)
-                emit({"event": "failed", "variant": spec["variant"], "seed": spec["seed"], "error": record["error"]})
-            else:                                    # a run stopped by Ctrl-C inside train()
-                status = "interrupted"
+            for g in owners[record["key"]]:
+                if record["status"] not in ("finished", "failed"):
+                    status = "interrupted"           # a run stopped by Ctrl-C inside train()
+                    break
+                _deliver(g, record, t0)
+            if status == "interrupted":
                 break
     except KeyboardInterrupt:
         status = "interrupted"
@@ -455,7 +497,25 @@ def _collect(results, records, specs, out, emit, t0):  # -> (status, [failed rec
         close = getattr(results, "close", None)
         if close:
             close()                                  # terminates the pool / cancels the Dask futures
-    return status, failed
+    return status
+
+
+def _deliver(g: Grid, record, t0) -> None:  # one finished or failed run into its grid: saved, reported
+    spec = record["spec"]
+    if record["status"] == "failed":
+        g.failed.append(record)
+        g.emit({"event": "failed", "variant": spec["variant"], "seed": spec["seed"], "error": record["error"],
+                "process": g.process.label})
+        return
+    path = run_file(g.out, spec) if g.out else None
+    if path:
+        save_json(path, record)
+    g.records[record["key"]] = record
+    g.emit({"event": "finished", "variant": spec["variant"], "seed": spec["seed"], "path": path,
+            "done": len(g.records), "runs": len(g.specs), "process": g.process.label,
+            "gap_nats": record["loss"]["gap_nats"] if "loss" in record else None,
+            "exact_match": record["paths"]["exact_match"] if "paths" in record else None,
+            "seconds": record["seconds"]["total"], "elapsed": time.perf_counter() - t0})
 
 
 # ----------------------------------------------------------------------------------------------------------
