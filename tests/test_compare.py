@@ -184,7 +184,21 @@ def test_several_processes_share_one_pool_with_the_same_runs_as_one_at_a_time(tm
 
 
 def test_default_budget_is_equal_steps_per_process():
-    assert C.default_steps(tinyseq.process("rrxor")) == C.DEFAULT_STEPS["rrxor"]
-    assert C.default_steps(tinyseq.process("even")) == C.DEFAULT_STEPS_OTHER
-    specs = C.run_specs(tinyseq.process("z1r"), C.parse_grid("gru:ntp"), [0], steps=C.default_steps(tinyseq.process("z1r")))
-    assert specs[0]["budget"] == {"steps": C.DEFAULT_STEPS["z1r"]}
+    assert C.default_steps(tinyseq.process("rrxor")) == C.DEFAULT_BUDGETS["rrxor"]["steps"]
+    assert C.default_steps(tinyseq.process("rrxor:p1=0.3,p2=0.5")) == C.DEFAULT_BUDGETS["rrxor"]["steps"]
+    assert C.default_steps(tinyseq.process("even")) == C.DEFAULT_BUDGET_OTHER["steps"]
+    assert C.default_budget(tinyseq.process("mess3*rrxor")) == C.DEFAULT_BUDGETS["rrxor"]   # the costlier part
+    z1r = tinyseq.process("z1r")
+    specs = C.run_specs(z1r, C.parse_grid("gru:ntp"), [0], steps=C.default_steps(z1r))
+    assert specs[0]["budget"] == {"steps": C.DEFAULT_BUDGETS["z1r"]["steps"]}
+
+
+def test_a_process_default_training_settings_reach_every_run_and_an_explicit_one_wins():
+    rrxor = tinyseq.process("rrxor")
+    grid = C.plan_grid(rrxor, C.parse_grid("transformer:ntp,gru:ntp"), seeds=1)
+    assert {s["train"]["batch"] for s in grid.specs} == {C.DEFAULT_BUDGETS["rrxor"]["batch"]}
+    assert {tuple(s["train"]["betas"]) for s in grid.specs} == {tuple(C.DEFAULT_BUDGETS["rrxor"]["betas"])}
+    assert {s["budget"]["steps"] for s in grid.specs} == {C.DEFAULT_BUDGETS["rrxor"]["steps"]}
+    mine = C.plan_grid(rrxor, C.parse_grid("gru:ntp"), seeds=1, steps=7, train_overrides={"batch": 32})
+    assert mine.specs[0]["train"]["batch"] == 32 and mine.specs[0]["budget"] == {"steps": 7}
+    assert C.plan_grid(tinyseq.process("mess3"), C.parse_grid("gru:ntp"), seeds=1).specs[0]["train"]["batch"] == 256

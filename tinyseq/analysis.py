@@ -883,7 +883,7 @@ def headline(data, rows, kst) -> dict:
 
 def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set="auto", weighting="probability",
             random_init="auto", n_ctx=None, n_sample=SAMPLE_SEQUENCES, frac_fit=0.2, ridge="auto",
-            kstep_hook="final", points=False, permutations=None) -> dict:
+            kstep_hook="final", points=False, permutations=None, dimensions_stage=True) -> dict:
     """Every table of `tinyseq probe`, as one JSON-able dict of numbers (see the module docstring for the keys;
     report.describe(result) adds the sentences). The stages above, in order, with their wall times.
 
@@ -893,7 +893,8 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
     ridge "auto" (0 when the fit part has ROWS_PER_FEATURE rows per dimension, else 5-fold CV), or a number;
     kstep_hook "final" or "concat": the features of the k-step probe and the belief route;
     points True: also the picture's points as arrays (not JSON-able);
-    permutations N: also run the shuffle control with N permutations (None: skip the stage, as demo and compare do).
+    permutations N: also run the shuffle control with N permutations (None: skip the stage, as demo and compare do);
+    dimensions_stage False: skip the components-per-hook count (compare does not show it; "dimensions" is then []).
     """
     t_start, timings = time.perf_counter(), {}
     n_ctx, horizon = check_options(model, process, n_ctx, horizon, seed, frac_fit, eval_set=eval_set,
@@ -908,7 +909,7 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
     with clock("belief_probes"):
         rows, fits = belief_recovery(process, bdata, control, ridge, seed)
     with clock("dimensions"):
-        dims = dimensions(bdata, control)
+        dims = dimensions(bdata, control) if dimensions_stage else []
     loss = loss_vs_floor(process, data)
     with clock("in_context"):
         ctx = in_context(process, data, bdata, loss, control)
@@ -934,8 +935,7 @@ def analyse(model, process, *, horizon=None, seed=0, eval_set="auto", belief_set
         "belief_protocol_facts": _belief_protocol_facts(bdata, frac_fit, ridge, data, control),
         "belief_recovery": rows, "dimensions": dims, "belief_dimensions": belief_dimensions(process),
         "factors": factors, "distances": dist, "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
-        "belief_recovery": rows, "dimensions": dims, "shuffle_control": shuf, "distances": dist,
-        "kstep_hook": khook, "kstep_hook_label": hook_label(khook),
+        "shuffle_control": shuf,
         "kstep_protocol_facts": _kstep_protocol_facts(data, kfit, khook, tree is not None, kst, model),
         "kstep": kst, "picture": picture(bdata, rows, fits, seed, points), "summary": headline(data, rows, kst),
         "seconds": time.perf_counter() - t_start, "timings": timings})

@@ -31,6 +31,7 @@ Nothing here prints: run_grid reports progress through a callback.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -54,23 +55,38 @@ from tinyseq.report import describe_set
 DEFAULT_GRID = ("transformer:ntp,transformer:myopia=0,transformer:myopia=1,transformer:myopia=3,"
                 "transformer:mtp=2,transformer:mtp=4,gru:ntp,gru:myopia=0,gru:myopia=1")
 DEFAULT_SEEDS = 3
-# 9 variants x 3 seeds = 27 runs; with 2 workers that is 14 rounds of (40 s training + about 1-8 s of analysis
-# and start-up): about 11-12 minutes on 2 cores for mess3, z1r or rrxor. The default transformer learns rrxor
-# in that time too (measured: gap 0.0033 nats, 0.6% of the floor, at 40 s on one thread; the published
-# rrxor setting lr 1e-3 batch 64 reached only 0.011 in the same 40 s), so no per-process size is needed.
+# 9 variants x 3 seeds = 27 runs per process.
 DEFAULT_SECONDS = 40.0       # --time-per-run when a time budget is asked for
 # The default budget is equal *steps* for every variant (load-independent): enough for the transformer and the
-# GRU with next-token training to come within 1% of each catalogue process's Bayes floor (see the README).
-DEFAULT_STEPS = {"mess3": 300, "z1r": 300, "rrxor": 2000}
-DEFAULT_STEPS_OTHER = 600
+# GRU with next-token training to come within 1% of each catalogue process's Bayes floor, as cheaply as the
+# calibration found (README, "compare"; BENCHMARKS.md, "The seed's answer in minutes"). rrxor's late positions
+# (where the phase of the XOR triples must be inferred) learn faster per token from more, smaller steps: batch 64
+# with Adam's beta2 0.99 reached the line in 4,000 steps (half the tokens of 2,000 steps of batch 256, as close).
+DEFAULT_BUDGETS = {"mess3": {"steps": 300}, "z1r": {"steps": 300},
+                   "rrxor": {"steps": 4000, "batch": 64, "betas": [0.9, 0.99]}}
+DEFAULT_BUDGET_OTHER = {"steps": 400}   # even, golden_mean, nond: every NTP run within 0.12% of the floor at 400
+
+
+def default_budget(process) -> dict:
+    """compare's default steps per run and the training settings that go with them for a process: by catalogue
+    name from DEFAULT_BUDGETS; a product or a mixture takes its costliest part's (most tokens); a path-star task
+    pathstar.TRAIN's steps; anything else DEFAULT_BUDGET_OTHER."""
+    if isinstance(process, PathStar):
+        return {"steps": pathstar.TRAIN["steps"]}
+    parts = getattr(process, "factors", None) or getattr(process, "components", None)
+    if parts:
+        return max((default_budget(p) for p in parts), key=lambda b: b["steps"] * b.get("batch", 256))
+    return copy.deepcopy(DEFAULT_BUDGETS.get(process.name.split(":")[0].lower(), DEFAULT_BUDGET_OTHER))
 
 
 def default_steps(process) -> int:
-    """The default steps per run for a process: from DEFAULT_STEPS by catalogue name, else DEFAULT_STEPS_OTHER
-    (a path-star task: pathstar.TRAIN's steps)."""
-    if isinstance(process, PathStar):
-        return pathstar.TRAIN["steps"]
-    return DEFAULT_STEPS.get(process.name.split(":")[0].lower(), DEFAULT_STEPS_OTHER)
+    """The default steps per run for a process (default_budget)."""
+    return default_budget(process)["steps"]
+
+
+def default_train(process) -> dict:
+    """The training settings compare gives every run on this process beyond the defaults (e.g. rrxor's batch)."""
+    return {k: v for k, v in default_budget(process).items() if k != "steps"}
 
 
 def default_grid(process) -> str:
@@ -256,7 +272,8 @@ def measure_beliefs(model, proc, spec: dict) -> dict:
     """What one run on a hidden Markov process measures: loss against the floor, belief R^2, k-step."""
     from tinyseq.analysis import analyse
 
-    a = analyse(model, proc, horizon=spec["analysis"]["horizon"], seed=spec["seed"], random_init=None)
+    a = analyse(model, proc, horizon=spec["analysis"]["horizon"], seed=spec["seed"], random_init=None,
+                dimensions_stage=False)
     rows = [r for r in a["belief_recovery"] if r["control"] is None]
     singles = [r for r in rows if r["hook"] != "concat"]
     concat = next((r for r in rows if r["hook"] == "concat"), None)
@@ -397,6 +414,7 @@ def plan_grid(process, variants, seeds=DEFAULT_SEEDS, seconds=None, steps=None, 
     if seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0 and math.isfinite(seconds)):
         raise TinyseqError(f"--time-per-run must be a positive number of seconds, got {seconds!r}")
     emit = callback or (lambda event: None)
+    train_overrides = {**default_train(process), **(train_overrides or {})}
     specs = run_specs(process, variants, seeds, seconds, steps, model_overrides, horizon, train_overrides)
     records, todo = _saved_runs(specs, out, emit)
     return Grid(process, variants, seeds, specs, records, todo, out, horizon, emit)
