@@ -470,7 +470,8 @@ def run_cost(spec: dict) -> float:
 def _grid_result(g: Grid, status, workers, threads_per_run, dask, seconds) -> dict:
     """The aggregate of one grid's finished runs, with how it ran; saved as out/compare.json."""
     ordered = [g.records[run_key(s)] for s in g.specs if run_key(s) in g.records]
-    result = aggregate(g.process, g.variants, g.seeds, ordered, g.horizon, g.specs[0]["budget"] if g.specs else None)
+    budget = {**g.specs[0]["budget"], "batch": g.specs[0]["train"]["batch"]} if g.specs else None
+    result = aggregate(g.process, g.variants, g.seeds, ordered, g.horizon, budget)
     result.update({"status": status, "out": g.out, "n_runs": len(g.specs), "n_finished": len(ordered),
                    "n_failed": len(g.failed), "failed": [{"variant": f["spec"]["variant"], "seed": f["spec"]["seed"],
                                                           "error": f["error"]} for f in g.failed],
@@ -572,7 +573,8 @@ def aggregate(process, variants, seeds, records, horizon, budget=None) -> dict:
                      "output_r2": _ms([r["belief"]["output_r2"] for r in runs.values()]),
                      "kstep": ks})
     result = {"process": process.label, "horizon": horizon, "seeds": seeds, "budget": budget,
-              "variants": [v.name for v in variants], "rows": rows, "runs": [r["key"] for r in records]}
+              "variants": [v.name for v in variants], "rows": rows, "runs": [r["key"] for r in records],
+              "eval_set": records[0].get("eval_set") if records else None}
     result["sentence"] = summary_sentence(result)
     return result
 
@@ -628,7 +630,7 @@ def format_table(result) -> str:
     return "\n".join([
         wrap(f"{_budget_text(results)}, mean ± spread (standard deviation) over {len(results[0]['seeds'])} seeds. "
              f"loss gap: mean next-token loss minus the Bayes floor. vs NTP: that gap minus the NTP gap of the same "
-             f"architecture and seed (for a myopia row, the myopia gap)."),
+             f"architecture and seed (for a myopia row, the myopia gap).{_sets_text(results)}"),
         fitted_table(main, first + ["variant", "steps", "loss gap (nats)", "vs NTP (nats)"], cols(3)), "",
         wrap("belief R^2: affine probe to the exact belief, held-out, from the best hook and from all hooks "
              "concatenated. No random-init control here (`tinyseq probe` has it)."),
@@ -672,8 +674,14 @@ def _spread(x) -> str:
 def _budget_text(results) -> str:  # "mess3: each variant trained 300 steps per run", one clause per process
     def per_run(res):
         b = res.get("budget") or {}
-        return (f"{b['time']:g} s" if "time" in b else f"{b['steps']} steps") if b else "?"
+        batch = f" of batch {b['batch']}" if "batch" in b else ""
+        return (f"{b['time']:g} s" if "time" in b else f"{b['steps']:,} steps{batch}") if b else "?"
     return "; ".join(f"{res['process']}: each variant trained {per_run(res)} per run" for res in results)
+
+
+def _sets_text(results) -> str:  # "Analysed on mess3: all 59,049 possible sequences ...; rrxor: ..."
+    sets = [f"{short_label(res['process'])}: {res['eval_set']}" for res in results if res.get("eval_set")]
+    return f" Analysed on {'; '.join(sets)}." if sets else ""
 
 
 def budget_is_time(result: dict) -> bool:
