@@ -317,6 +317,33 @@ def test_prefix_tree_logits_equal_the_full_forward(dtype, backend, tol, norm):
     np.testing.assert_allclose(m.prefix_tree_logits(tokens[:, :3]), m.logits(tokens[:, :3]), atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("norm,act,n_layers,backend", [("LN", "gelu", 3, "numba"), (None, "relu", 2, "numba"),
+                                                       ("LN", "relu", 1, "numpy"), (None, "gelu", 3, "numpy")])
+def test_prefix_tree_forward_gives_the_plain_forwards_logits_and_every_hook(norm, act, n_layers, backend):
+    m = Transformer(TransformerConfig(n_ctx=6, d_vocab=3, n_layers=n_layers, n_heads=2, d_head=4, d_model=8,
+                                      d_mlp=16, act_fn=act, normalization_type=norm), dtype=np.float64,
+                    backend=backend)
+    m.params.data[...] += np.random.default_rng(1).standard_normal(m.params.data.shape) * 0.5
+    rng = np.random.default_rng(2)
+    shared = np.concatenate([rng.integers(0, 3, (40, 6)), np.tile(rng.integers(0, 3, (1, 6)), (5, 1))])
+    shared[:20, :3] = shared[0, :3]                                # 20 rows share 3 tokens, 5 rows are equal
+    tree = np.array(list(itertools.product(range(3), repeat=5)))   # every sequence of 5 tokens: a full tree
+    for tokens in (shared, tree):
+        logits, cache = m.forward(tokens)
+        names = m.hook_names()
+        assert len(names) == 1 + 2 * n_layers + (norm == "LN")
+        got_logits, got = m.prefix_tree_forward(tokens, names)
+        assert list(got) == names and all(got[h].shape == tokens.shape + (8,) for h in names)
+        np.testing.assert_allclose(got_logits, logits, atol=1e-10, rtol=1e-10)
+        for h in names:
+            np.testing.assert_allclose(got[h], cache[h], atol=1e-10, rtol=1e-10, err_msg=h)
+        # mid and post differ (a block's MLP moves the stream): the hooks are not one array under two names
+        assert not np.allclose(got["blocks.0.hook_resid_mid"], got["blocks.0.hook_resid_post"])
+    assert m.prefix_tree_forward(tree)[1] == {}                   # no hooks asked: logits only
+    with pytest.raises(TinyseqError, match="no hook 'blocks.9.hook_resid_post'"):
+        m.prefix_tree_forward(tree, ["blocks.9.hook_resid_post"])
+
+
 def test_distinct_prefixes_counts_every_length():
     from tinyseq.nn.transformer import distinct_prefixes, prefix_levels
 

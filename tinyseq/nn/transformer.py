@@ -360,35 +360,52 @@ class Transformer:
         return levels
 
     def prefix_tree_logits(self, tokens):  # (N, T) int -> (N, T, V)
-        """logits(tokens), computed once per distinct prefix. The logits, keys and values at position t depend
-        only on x_1..x_t (the model is causal), so sequences that share their first t tokens share them; a
-        held-out set of 4096 mess3 sequences of 10 tokens has 7,336 distinct prefixes for its 40,960 positions
+        """logits(tokens), computed once per distinct prefix (prefix_tree_forward without hooks)."""
+        return self.prefix_tree_forward(tokens)[0]
+
+    def prefix_tree_forward(self, tokens, hooks=None):  # (N, T) int, [hook name] -> (N, T, V), {hook: (N, T, C)}
+        """forward(tokens)'s logits and the residual stream at `hooks` (names from hook_names(); None: none),
+        computed once per distinct prefix. The logits, keys, values and activations at position t depend only
+        on x_1..x_t (the model is causal), so sequences that share their first t tokens share them; a held-out
+        set of 4096 mess3 sequences of 10 tokens has 7,336 distinct prefixes for its 40,960 positions
         (distinct_prefixes). Each distinct position costs more than one of the plain forward (a gather of its
         ancestors' keys per level), so with little sharing (long contexts) the plain forward is faster.
         Level t of the prefix tree holds the distinct prefixes of length t + 1; each new token attends over the
-        cached keys and values of its ancestors (as continuation_logits, with no shared prefix)."""
+        cached keys and values of its ancestors (as continuation_logits, with no shared prefix). A level's
+        values are per distinct prefix (n, 1, .); `node` copies them to every sequence's row (N, t, .)."""
         ops, P, cfg, V = self.ops, self.params, self.config, self.config.d_vocab
         tokens = check_tokens(tokens, cfg)
         N, T = tokens.shape
+        unknown = sorted(set(hooks or ()) - set(self.hook_names()))
+        if unknown:
+            raise TinyseqError(f"no hook {unknown[0]!r} in this transformer: use one of {', '.join(self.hook_names())}")
         none = np.zeros((1, 1, cfg.n_heads, 0, cfg.d_head), dtype=P.dtype)    # no shared prefix: 0 keys
         kv = [[(none, none)] for _ in range(cfg.n_layers)]
         anc = []                                            # per level 0..t: each node's ancestor there
-        out = np.empty((N, T, V), dtype=P.dtype)
+        logits = np.empty((N, T, V), dtype=P.dtype)
+        acts = {h: np.empty((N, T, cfg.d_model), dtype=P.dtype) for h in hooks or ()}
         for t, (uniq, node) in enumerate(prefix_levels(tokens, V)):
             anc = [a[uniq // V] for a in anc] + [np.arange(len(uniq))]                # (n,) per level 0..t
             x = (P["embed.W_E"][uniq % V] + P["pos_embed.W_pos"][t])[:, None]          # (n, 1, C)
+            level = {}                                      # this level's hooks, per distinct prefix (n, 1, C)
             for l in range(cfg.n_layers):
-                x = self._tree_block(l, x, kv[l], anc)
-            xf = self._norm_forward("ln_final", x, {})
-            out[:, t] = ops.linear_forward(xf, P["unembed.W_U"], P["unembed.b_U"])[node, 0]
-        return out
+                x = self._tree_block(l, x, kv[l], anc, level)
+            xf = self._norm_forward("ln_final", x, level)
+            logits[:, t] = ops.linear_forward(xf, P["unembed.W_U"], P["unembed.b_U"])[node, 0]
+            for h, a in acts.items():
+                a[:, t] = level[h][node, 0]
+        return logits, acts
 
-    def _tree_block(self, l, x, kv, anc):
-        # (B*n, 1, C), [prefix (k, v), level 1 (k, v), ...], [(n,) per level 1..j] -> (B*n, 1, C)
+    def _tree_block(self, l, x, kv, anc, cache=None):
+        # (B*n, 1, C), [prefix (k, v), level 1 (k, v), ...], [(n,) per level 1..j], dict -> (B*n, 1, C)
         """_block_forward for the n tokens of level j of a tree of continuations of a prefix; appends their keys
-        and values to kv. anc[d - 1][i] is node i's ancestor at level d (anc[j - 1][i] = i itself)."""
+        and values to kv. anc[d - 1][i] is node i's ancestor at level d (anc[j - 1][i] = i itself).
+        cache, if given, gets the block's residual stream hooks (resid_pre, resid_mid, resid_post) as
+        _block_forward's does, for these n tokens."""
         ops, P, p, NH = self.ops, self.params, f"blocks.{l}", self.config.n_heads
-        h = self._norm_forward(f"{p}.ln1", x, {})
+        cache = {} if cache is None else cache
+        cache[f"{p}.hook_resid_pre"] = x
+        h = self._norm_forward(f"{p}.ln1", x, cache)
         qkv = ops.linear_forward(h, *self._qkv_gather(l))                  # (B*n, 1, 3*NH*HS)
         B = kv[0][0].shape[0]
         q, k, v = (a.reshape((B, -1) + a.shape[1:]) for a in split_qkv(qkv, NH))  # (B, n, NH, 1, HS)
@@ -398,23 +415,30 @@ class Transformer:
         z = tree_attention(q, kv[0][0], kv[0][1], k_path, v_path)           # (B, n, NH, 1, HS)
         zm = merge_heads(z.reshape((-1,) + z.shape[2:]))                     # (B*n, 1, NH*HS)
         x = ops.linear_residual_forward(zm, self._W_O(l), P[f"{p}.attn.b_O"], x)
-        h = self._norm_forward(f"{p}.ln2", x, {})
-        return ops.mlp_forward(h, *self._mlp(l), x, self._act)[2]
+        cache[f"{p}.hook_resid_mid"] = x
+        h = self._norm_forward(f"{p}.ln2", x, cache)
+        x = ops.mlp_forward(h, *self._mlp(l), x, self._act)[2]
+        cache[f"{p}.hook_resid_post"] = x
+        return x
 
-    def activations(self, tokens):  # (B, T) int -> {hook name: (B, T, C)} in pipeline order
-        """The residual stream at TransformerLens hook points: blocks.0.hook_resid_pre (embeddings), then
-        blocks.{l}.hook_resid_mid / hook_resid_post per block, then ln_final.hook_normalized (if LayerNorm)."""
-        _, cache = self.forward(tokens)
+    def hook_names(self) -> list[str]:
+        """The residual stream's hook points in pipeline order (the keys of activations)."""
         names = ["blocks.0.hook_resid_pre"]
         for l in range(self.config.n_layers):
             names += [f"blocks.{l}.hook_resid_mid", f"blocks.{l}.hook_resid_post"]
         if self.config.normalization_type is not None:
             names.append("ln_final.hook_normalized")
-        return {name: cache[name] for name in names}
+        return names
+
+    def activations(self, tokens):  # (B, T) int -> {hook name: (B, T, C)} in pipeline order
+        """The residual stream at TransformerLens hook points: blocks.0.hook_resid_pre (embeddings), then
+        blocks.{l}.hook_resid_mid / hook_resid_post per block, then ln_final.hook_normalized (if LayerNorm)."""
+        _, cache = self.forward(tokens)
+        return {name: cache[name] for name in self.hook_names()}
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the tree of distinct prefixes of a set of sequences (prefix_tree_logits)
+# the tree of distinct prefixes of a set of sequences (prefix_tree_forward)
 def prefix_levels(tokens, V):  # (N, T) int, V > every token -> [(uniq (n_t,), node (N,))] for t = 0..T-1
     """Level t: the distinct prefixes x_1..x_{t+1}, each a key parent node * V + token (uniq, sorted; the parent
     is key // V, the token key % V), and each sequence's node among them."""
@@ -426,7 +450,7 @@ def prefix_levels(tokens, V):  # (N, T) int, V > every token -> [(uniq (n_t,), n
     return levels
 
 
-def distinct_prefixes(tokens) -> int:  # (N, T) int -> how many positions prefix_tree_logits computes
+def distinct_prefixes(tokens) -> int:  # (N, T) int -> how many positions prefix_tree_forward computes
     tokens = np.asarray(tokens)
     return sum(len(uniq) for uniq, _ in prefix_levels(tokens, int(tokens.max()) + 1)) if tokens.size else 0
 
