@@ -199,3 +199,58 @@ def test_dimensions_table_of_belief_activations(belief_result):
     assert dims["belief"]["components"][-1] <= belief_result["states"] - 1   # the exact belief: S - 1 axes
     assert dims["belief"]["random_init_components"] is not None
     assert "How many dimensions each layer uses" in report.probe_report(belief_result, "PICTURE")
+
+
+def _float64_model(kind):  # a small float64 transformer or GRU with non-trivial weights
+    from tinyseq.nn.recurrent import Recurrent, RecurrentConfig
+    from tinyseq.nn.transformer import Transformer, TransformerConfig
+
+    if kind == "transformer":
+        m = Transformer(TransformerConfig(d_vocab=3, n_ctx=5, n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16),
+                        dtype=np.float64)
+    else:
+        m = Recurrent(RecurrentConfig(kind=kind, d_vocab=3, n_ctx=5, hidden=8, n_layers=2), dtype=np.float64)
+    m.params.data[...] += np.random.default_rng(1).standard_normal(m.params.data.shape) * 0.5
+    return m
+
+
+@pytest.mark.parametrize("kind", ["transformer", "gru"])
+@pytest.mark.parametrize("want_probs,want_acts", [(True, True), (False, True), (True, False)])
+def test_run_model_on_distinct_rows_and_prefixes_equals_the_plain_forward(kind, want_probs, want_acts, monkeypatch):
+    model = _float64_model(kind)
+    tree = A.full_tree(3, 5)                                           # 243 sequences: 363 distinct prefixes
+    tokens = tree[np.random.default_rng(2).integers(0, len(tree), 600)]  # with repeats, in random order
+    n_distinct = len({tuple(row) for row in tokens})
+    rows = []                                                          # sequences per call of the network
+    spy = "prefix_tree_forward" if kind == "transformer" else "forward"
+    inner = getattr(model, spy)
+    monkeypatch.setattr(model, spy, lambda x, *a: rows.append(len(x)) or inner(x, *a))
+    probs, acts, hooks = A.run_model(model, tokens, want_probs, want_acts)
+    assert n_distinct in rows and max(rows) == n_distinct             # one pass over the distinct sequences
+    with monkeypatch.context() as plain:                               # neither shortcut: every row forwarded
+        plain.setattr(A, "distinct_rows", lambda x: (x, None))
+        plain.setattr(A.train, "TREE_MAX_SHARE", -1.0)
+        want, want_acts_, want_hooks = A.run_model(model, tokens, want_probs, want_acts)
+    assert hooks == want_hooks
+    if want_probs:
+        assert probs.shape == (600, 5, 3) and probs.dtype == np.float64
+        np.testing.assert_allclose(probs, want, rtol=1e-12, atol=1e-14)
+    else:
+        assert probs is None and want is None
+    if want_acts:
+        assert list(acts) == hooks and hooks == A.probe_hooks(list(model.activations(tokens[:1])))
+        for h in hooks:
+            assert acts[h].shape == (600, 5, 8) and acts[h].dtype == np.float32
+            np.testing.assert_allclose(acts[h], want_acts_[h], rtol=1e-6, atol=1e-7)  # float32 rounding
+    else:
+        assert acts is None and want_acts_ is None
+
+
+def test_distinct_rows_copy_back_to_every_sequence():
+    tokens = np.array([[0, 1, 2], [2, 2, 0], [0, 1, 2], [1, 0, 0], [2, 2, 0], [0, 1, 2]])
+    rows, inverse = A.distinct_rows(tokens)
+    assert len(rows) == 3 and len({tuple(r) for r in rows}) == 3
+    np.testing.assert_array_equal(rows[inverse], tokens)
+    every, none = A.distinct_rows(tokens[[0, 1, 3]])                    # all distinct: nothing to copy back
+    assert every is not None and none is None
+    np.testing.assert_array_equal(every, tokens[[0, 1, 3]])

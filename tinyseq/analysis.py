@@ -29,7 +29,8 @@ The stages, each a function a reader can call on its own from Python, in the ord
 
 Pure computation: nothing here prints, and no sentence is written here: the result holds numbers and facts
 (e.g. eval_set.facts), and tinyseq/report.py says them in words (report.describe adds the sentences). The model needs only .logits(tokens) (B, T) -> (B, T, V) and
-.activations(tokens) -> {hook: (B, T, D)}; a model of context n_ctx reads tokens[:, :n_ctx], and position
+.activations(tokens) -> {hook: (B, T, D)} (optional: .prefix_tree_forward, which run_model uses to compute each
+distinct prefix once); a model of context n_ctx reads tokens[:, :n_ctx], and position
 p = 0..n_ctx-1 has seen p + 1 tokens (its exact belief is beliefs.belief_states(...)[:, p]).
 
 Why the enumerated set is cheap. A causal model's output at position p depends only on the prefix x_1..p+1, so
@@ -51,9 +52,10 @@ import time
 import numpy as np
 
 from tinyseq import beliefs as B
-from tinyseq import mixture, probes, shuffle
+from tinyseq import mixture, probes, shuffle, train
 from tinyseq.errors import TinyseqError
 from tinyseq.nn.ops import softmax
+from tinyseq.nn.transformer import distinct_prefixes
 from tinyseq.product import factor_beliefs, is_product
 
 ENUMERATE_MAX = 100_000      # enumerate every sequence when vocab ** n_ctx is at most this (mess3 n_ctx 10: 59,049)
@@ -129,39 +131,68 @@ CONCAT = "concat"
 
 
 def run_model(model, tokens, want_probs=True, want_acts=True):
-    """Forward `tokens` (N, T) in chunks -> next-token probabilities (N, T, V) float64 (or None), the probed
-    hooks' activations {hook: (N, T, D)} float32 (or None), and the hook names in pipeline order.
+    """Forward `tokens` (N, T) -> next-token probabilities (N, T, V) float64 (or None), the probed hooks'
+    activations {hook: (N, T, D)} float32 (or None), and the hook names in pipeline order.
 
-    When model.forward(tokens) returns (logits, cache) with the hooks in the cache (the tinyseq transformer),
-    one pass gives both; otherwise .logits and .activations are called (two passes)."""
-    N = tokens.shape[0]
+    A causal model's outputs at position t depend only on x_1..x_t, so equal sequences need one forward
+    (distinct_rows), and a model with .prefix_tree_forward (the transformer) computes each distinct prefix once
+    when sequences share enough of them (forward_pass says when); the rows are copied back to all N."""
     probe = np.ascontiguousarray(tokens[:1])
     hooks = probe_hooks(list(model.activations(probe).keys())) if want_acts else None
-    one_pass = want_probs and want_acts and _forward_has_hooks(model, probe, hooks)
+    uniq, inverse = distinct_rows(tokens)                            # (n, T), (N,) or None: every row distinct
+    forward, chunk = forward_pass(model, uniq, hooks, want_probs, want_acts)
+    n = len(uniq)
     probs = acts = None
-    for s in range(0, N, FORWARD_CHUNK):
-        chunk = np.ascontiguousarray(tokens[s:s + FORWARD_CHUNK])
-        logits, a = None, None
-        if one_pass:
-            logits, cache = model.forward(chunk)
-            a = {h: cache[h] for h in hooks}
-        else:
-            if want_acts:
-                full = model.activations(chunk)
-                a = {h: full[h] for h in hooks}
-            if want_probs:
-                logits = model.logits(chunk)
+    for s in range(0, n, chunk):
+        logits, a = forward(np.ascontiguousarray(uniq[s:s + chunk]))
         if want_probs:
-            p = softmax(logits, np.float64)                                       # (n, T, V)
+            p = softmax(logits, np.float64)                                       # (c, T, V)
             if probs is None:
-                probs = np.empty((N,) + p.shape[1:])
-            probs[s:s + len(chunk)] = p
+                probs = np.empty((n,) + p.shape[1:])
+            probs[s:s + len(p)] = p
         if want_acts:
             if acts is None:
-                acts = {h: np.empty((N,) + v.shape[1:], dtype=np.float32) for h, v in a.items()}
+                acts = {h: np.empty((n,) + v.shape[1:], dtype=np.float32) for h, v in a.items()}
             for h, v in a.items():
-                acts[h][s:s + len(chunk)] = v
+                acts[h][s:s + len(v)] = v
+    if inverse is not None:                                          # (n, ...) -> (N, ...)
+        probs = None if probs is None else probs[inverse]
+        acts = None if acts is None else {h: v[inverse] for h, v in acts.items()}
     return probs, acts, hooks
+
+
+def distinct_rows(tokens):  # (N, T) -> distinct rows (n, T), inverse (N,) with tokens == rows[inverse]
+    """The distinct sequences of `tokens` and where each sequence is among them; inverse is None when every
+    sequence is distinct (then rows is tokens itself, in its own order: nothing to copy back)."""
+    rows, inverse = np.unique(tokens, axis=0, return_inverse=True)
+    if len(rows) == len(tokens):
+        return tokens, None
+    return rows, inverse.reshape(-1)
+
+
+def forward_pass(model, tokens, hooks, want_probs, want_acts):
+    # (N, T), [hook] or None, bool, bool -> (chunk (c, T) -> logits (c, T, V) or None, {hook: (c, T, D)} or None),
+    #                                       sequences per chunk
+    """How run_model forwards `tokens`, one chunk at a time:
+      - through the prefix tree (model.prefix_tree_forward) when at most train.TREE_MAX_SHARE of the positions
+        are distinct prefixes (mess3's full tree of 10 tokens: 15%); a chunk of FORWARD_CHUNK * T sequences
+        then has at most as many rows per level as FORWARD_CHUNK sequences of the plain forward have in all;
+      - else one plain pass, when model.forward(tokens) returns (logits, cache) with the hooks in the cache;
+      - else .logits and .activations (two passes), FORWARD_CHUNK sequences at a time."""
+    tree = getattr(model, "prefix_tree_forward", None)
+    if tree is not None and distinct_prefixes(tokens) <= train.TREE_MAX_SHARE * tokens.size:
+        return (lambda x: tree(x, hooks if want_acts else None)), FORWARD_CHUNK * tokens.shape[1]
+    probe = np.ascontiguousarray(tokens[:1])
+    if want_probs and want_acts and _forward_has_hooks(model, probe, hooks):
+        def one_pass(x):
+            logits, cache = model.forward(x)
+            return logits, {h: cache[h] for h in hooks}
+        return one_pass, FORWARD_CHUNK
+
+    def two_passes(x):
+        full = model.activations(x) if want_acts else None
+        return (model.logits(x) if want_probs else None), (None if full is None else {h: full[h] for h in hooks})
+    return two_passes, FORWARD_CHUNK
 
 
 def _forward_has_hooks(model, probe, hooks) -> bool:
