@@ -371,8 +371,9 @@ class Transformer:
         (distinct_prefixes). Each distinct position costs more than one of the plain forward (a gather of its
         ancestors' keys per level), so with little sharing (long contexts) the plain forward is faster.
         Level t of the prefix tree holds the distinct prefixes of length t + 1; each new token attends over the
-        cached keys and values of its ancestors (as continuation_logits, with no shared prefix). A level's
-        values are per distinct prefix (n, 1, .); `node` copies them to every sequence's row (N, t, .)."""
+        cached keys and values of its ancestors (as continuation_logits, with no shared prefix). The results
+        are computed as one row per distinct prefix (a few % of N * T rows on a full tree), then each position
+        reads its prefix's row."""
         ops, P, cfg, V = self.ops, self.params, self.config, self.config.d_vocab
         tokens = check_tokens(tokens, cfg)
         N, T = tokens.shape
@@ -382,19 +383,23 @@ class Transformer:
         none = np.zeros((1, 1, cfg.n_heads, 0, cfg.d_head), dtype=P.dtype)    # no shared prefix: 0 keys
         kv = [[(none, none)] for _ in range(cfg.n_layers)]
         anc = []                                            # per level 0..t: each node's ancestor there
-        logits = np.empty((N, T, V), dtype=P.dtype)
-        acts = {h: np.empty((N, T, cfg.d_model), dtype=P.dtype) for h in hooks or ()}
-        for t, (uniq, node) in enumerate(prefix_levels(tokens, V)):
+        levels = prefix_levels(tokens, V)
+        start = np.cumsum([0] + [len(uniq) for uniq, _ in levels])      # level t's rows: start[t]..start[t+1]
+        logits = np.empty((start[-1], V), dtype=P.dtype)                 # one row per distinct prefix
+        acts = {h: np.empty((start[-1], cfg.d_model), dtype=P.dtype) for h in hooks or ()}
+        for t, (uniq, _) in enumerate(levels):
             anc = [a[uniq // V] for a in anc] + [np.arange(len(uniq))]                # (n,) per level 0..t
             x = (P["embed.W_E"][uniq % V] + P["pos_embed.W_pos"][t])[:, None]          # (n, 1, C)
             level = {}                                      # this level's hooks, per distinct prefix (n, 1, C)
             for l in range(cfg.n_layers):
                 x = self._tree_block(l, x, kv[l], anc, level)
             xf = self._norm_forward("ln_final", x, level)
-            logits[:, t] = ops.linear_forward(xf, P["unembed.W_U"], P["unembed.b_U"])[node, 0]
+            rows = slice(start[t], start[t + 1])
+            logits[rows] = ops.linear_forward(xf, P["unembed.W_U"], P["unembed.b_U"])[:, 0]
             for h, a in acts.items():
-                a[:, t] = level[h][node, 0]
-        return logits, acts
+                a[rows] = level[h][:, 0]
+        row = np.stack([start[t] + node for t, (_, node) in enumerate(levels)], axis=1)  # (N, T): each position's
+        return logits[row], {h: a[row] for h, a in acts.items()}                    # prefix -> (N, T, V), (N, T, C)
 
     def _tree_block(self, l, x, kv, anc, cache=None):
         # (B*n, 1, C), [prefix (k, v), level 1 (k, v), ...], [(n,) per level 1..j], dict -> (B*n, 1, C)
