@@ -55,7 +55,7 @@ from tinyseq import beliefs as B
 from tinyseq import mixture, probes, shuffle, train
 from tinyseq.errors import TinyseqError
 from tinyseq.nn.ops import softmax
-from tinyseq.nn.transformer import distinct_prefixes
+from tinyseq.nn.transformer import distinct_prefixes, prefix_levels
 from tinyseq.product import factor_beliefs, is_product
 
 ENUMERATE_MAX = 100_000      # enumerate every sequence when vocab ** n_ctx is at most this (mess3 n_ctx 10: 59,049)
@@ -162,12 +162,16 @@ def run_model(model, tokens, want_probs=True, want_acts=True):
 
 
 def distinct_rows(tokens):  # (N, T) -> distinct rows (n, T), inverse (N,) with tokens == rows[inverse]
-    """The distinct sequences of `tokens` and where each sequence is among them; inverse is None when every
-    sequence is distinct (then rows is tokens itself, in its own order: nothing to copy back)."""
-    rows, inverse = np.unique(tokens, axis=0, return_inverse=True)
-    if len(rows) == len(tokens):
+    """The distinct sequences of `tokens` and where each sequence is among them: the last level of the prefix
+    tree (prefix_levels). inverse is None when every sequence is distinct (then rows is tokens itself, in its
+    own order: nothing to copy back)."""
+    if tokens.size == 0:
         return tokens, None
-    return rows, inverse.reshape(-1)
+    _, node = prefix_levels(tokens, int(tokens.max()) + 1)[-1]         # (N,) equal sequences share a node
+    first = np.unique(node, return_index=True)[1]                       # (n,) a sequence of each node
+    if len(first) == len(tokens):
+        return tokens, None
+    return tokens[first], node
 
 
 def forward_pass(model, tokens, hooks, want_probs, want_acts):

@@ -415,8 +415,8 @@ class Transformer:
         B = kv[0][0].shape[0]
         q, k, v = (a.reshape((B, -1) + a.shape[1:]) for a in split_qkv(qkv, NH))  # (B, n, NH, 1, HS)
         kv.append((k, v))
-        k_path = np.concatenate([kv[d][0][:, a] for d, a in enumerate(anc, start=1)], axis=-2)  # (B, n, NH, j, HS)
-        v_path = np.concatenate([kv[d][1][:, a] for d, a in enumerate(anc, start=1)], axis=-2)
+        k_path = [kv[d][0][:, a] for d, a in enumerate(anc, start=1)]    # j x (B, n, NH, 1, HS): each node's
+        v_path = [kv[d][1][:, a] for d, a in enumerate(anc, start=1)]    # ancestors' keys / values, and its own
         z = tree_attention(q, kv[0][0], kv[0][1], k_path, v_path)           # (B, n, NH, 1, HS)
         zm = merge_heads(z.reshape((-1,) + z.shape[2:]))                     # (B*n, 1, NH*HS)
         x = ops.linear_residual_forward(zm, self._W_O(l), P[f"{p}.attn.b_O"], x)
@@ -446,11 +446,15 @@ class Transformer:
 # the tree of distinct prefixes of a set of sequences (prefix_tree_forward)
 def prefix_levels(tokens, V):  # (N, T) int, V > every token -> [(uniq (n_t,), node (N,))] for t = 0..T-1
     """Level t: the distinct prefixes x_1..x_{t+1}, each a key parent node * V + token (uniq, sorted; the parent
-    is key // V, the token key % V), and each sequence's node among them."""
-    node, levels = np.zeros(len(tokens), dtype=np.int64), []
+    is key // V, the token key % V), and each sequence's node among them. A key is below n_{t-1} * V, so a
+    table of that many flags says which keys occur, in order (as np.unique, without its sort)."""
+    node, n, levels = np.zeros(len(tokens), dtype=np.int64), 1, []
     for t in range(tokens.shape[1]):
-        uniq, node = np.unique(node * V + tokens[:, t], return_inverse=True)
-        node = node.reshape(-1)
+        key = node * V + tokens[:, t]                                   # (N,)
+        seen = np.zeros(n * V, dtype=bool)
+        seen[key] = True
+        uniq = np.flatnonzero(seen)                                     # (n_t,) the keys that occur, sorted
+        node, n = (np.cumsum(seen) - 1)[key], len(uniq)                 # (N,) each key's rank among them
         levels.append((uniq, node))
     return levels
 
@@ -469,14 +473,19 @@ def split_qkv(qkv, n_heads):  # (B, T, 3*NH*HS) -> q, k, v views (B, NH, T, HS),
 
 
 def tree_attention(q, k_pre, v_pre, k_path, v_path):
-    # (..., NH, 1, HS), (..., NH, t, HS) x2, (..., NH, j, HS) x2 -> (..., NH, 1, HS)
+    # (..., NH, 1, HS), (..., NH, t, HS) x2, [(..., NH, 1, HS)] x2 one per path level -> (..., NH, 1, HS)
     """One new query per node over the t prefix keys and the j keys of its path (ancestors and itself): all
-    earlier positions, so nothing is masked."""
+    earlier positions, so nothing is masked. The path comes as a list, one array per level: joining them into
+    one (..., NH, j, HS) array copies 64-byte pieces to strided places, and took 2/3 of the time on mess3's
+    full tree; a score per level is q . k over HS (einsum: 4x faster than (q * k).sum(-1) on 16 numbers)."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = np.concatenate([q @ k_pre.swapaxes(-1, -2), q @ k_path.swapaxes(-1, -2)], axis=-1) * scale
-    att = numpy_ops.softmax(scores)                                      # (..., NH, 1, t + j)
+    scores = [q @ k_pre.swapaxes(-1, -2)] + [np.einsum("...d,...d->...", q, k)[..., None] for k in k_path]
+    att = numpy_ops.softmax(np.concatenate(scores, axis=-1) * scale)    # (..., NH, 1, t + j)
     t = k_pre.shape[-2]
-    return att[..., :t] @ v_pre + att[..., t:] @ v_path
+    z = att[..., :t] @ v_pre                                             # (..., NH, 1, HS)
+    for d, v in enumerate(v_path):
+        z += att[..., t + d:t + d + 1] * v
+    return z
 
 
 def join_qkv(dq, dk, dv):  # (B, NH, T, HS) x3 -> (B, T, 3*NH*HS), the layout of split_qkv's input
