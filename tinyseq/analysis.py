@@ -162,30 +162,33 @@ def run_model(model, tokens, want_probs=True, want_acts=True):
 
 
 def distinct_rows(tokens):  # (N, T) -> distinct rows (n, T), inverse (N,) with tokens == rows[inverse]
-    """The distinct sequences of `tokens` and where each sequence is among them: the last level of the prefix
-    tree (prefix_levels). inverse is None when every sequence is distinct (then rows is tokens itself, in its
-    own order: nothing to copy back)."""
+    """The distinct sequences of `tokens` in lexicographic order, and where each sequence is among them: the last
+    level of the prefix tree (prefix_levels numbers its nodes in that order). In that order sequences that share
+    a prefix are neighbours, so a chunk of them is a few whole subtrees: cut into chunks, the tree computes at
+    most T more prefixes per chunk than in one piece. inverse is None when tokens are already distinct and in
+    order (then rows is tokens itself: nothing to copy back), as the complete tree full_tree is."""
     if tokens.size == 0:
         return tokens, None
     _, node = prefix_levels(tokens, int(tokens.max()) + 1)[-1]         # (N,) equal sequences share a node
-    first = np.unique(node, return_index=True)[1]                       # (n,) a sequence of each node
-    if len(first) == len(tokens):
+    if np.array_equal(node, np.arange(len(tokens))):
         return tokens, None
+    first = np.unique(node, return_index=True)[1]                       # (n,) a sequence of each node
     return tokens[first], node
 
 
 def forward_pass(model, tokens, hooks, want_probs, want_acts):
     # (N, T), [hook] or None, bool, bool -> (chunk (c, T) -> logits (c, T, V) or None, {hook: (c, T, D)} or None),
     #                                       sequences per chunk
-    """How run_model forwards `tokens`, one chunk at a time:
+    """How run_model forwards `tokens`, FORWARD_CHUNK sequences at a time:
       - through the prefix tree (model.prefix_tree_forward) when at most train.TREE_MAX_SHARE of the positions
-        are distinct prefixes (mess3's full tree of 10 tokens: 15%); a chunk of FORWARD_CHUNK * T sequences
-        then has at most as many rows per level as FORWARD_CHUNK sequences of the plain forward have in all;
+        are distinct prefixes (mess3's full tree of 10 tokens: 15%). On that tree, chunks of 40,960 sequences
+        instead of 4,096 took 1.3-2x longer and 0.27 GB more memory (their (c, T, C) outputs are new memory
+        each time) to compute 0.1% fewer prefixes (88,581 against 88,693, with rows in distinct_rows' order);
       - else one plain pass, when model.forward(tokens) returns (logits, cache) with the hooks in the cache;
-      - else .logits and .activations (two passes), FORWARD_CHUNK sequences at a time."""
+      - else .logits and .activations (two passes)."""
     tree = getattr(model, "prefix_tree_forward", None)
     if tree is not None and distinct_prefixes(tokens) <= train.TREE_MAX_SHARE * tokens.size:
-        return (lambda x: tree(x, hooks if want_acts else None)), FORWARD_CHUNK * tokens.shape[1]
+        return (lambda x: tree(x, hooks if want_acts else None)), FORWARD_CHUNK
     probe = np.ascontiguousarray(tokens[:1])
     if want_probs and want_acts and _forward_has_hooks(model, probe, hooks):
         def one_pass(x):
