@@ -372,14 +372,15 @@ class Transformer:
         ancestors' keys per level), so with little sharing (long contexts) the plain forward is faster.
         Level t of the prefix tree holds the distinct prefixes of length t + 1; each new token attends over the
         cached keys and values of its ancestors (as continuation_logits, with no shared prefix). The results
-        are computed as one row per distinct prefix (a few % of N * T rows on a full tree), then each position
-        reads its prefix's row."""
+        are computed as one row per distinct prefix (15% of the N * T positions on mess3's complete tree of 10
+        tokens), then each position reads its prefix's row."""
         ops, P, cfg, V = self.ops, self.params, self.config, self.config.d_vocab
         tokens = check_tokens(tokens, cfg)
         N, T = tokens.shape
         unknown = sorted(set(hooks or ()) - set(self.hook_names()))
         if unknown:
-            raise TinyseqError(f"no hook {unknown[0]!r} in this transformer: use one of {', '.join(self.hook_names())}")
+            raise TinyseqError(f"no hook {unknown[0]!r} in this transformer: "
+                               f"use one of {', '.join(self.hook_names())}")
         none = np.zeros((1, 1, cfg.n_heads, 0, cfg.d_head), dtype=P.dtype)    # no shared prefix: 0 keys
         kv = [[(none, none)] for _ in range(cfg.n_layers)]
         anc = []                                            # per level 0..t: each node's ancestor there
