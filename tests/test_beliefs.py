@@ -122,7 +122,9 @@ def test_random_hmm_identities(seed, sparse):
     np.testing.assert_allclose(B.kstep_marginal(p, eta[:, -1], 2), j3.sum(axis=(1, 3)), atol=1e-12)
     # h(L) non-increasing, and H(L) equals brute force over all words
     h = B.myopic_entropies(p, 6)
-    assert np.all(np.diff(h) <= 1e-12)
+    # once h(L) has converged its steps are rounding: H(L) sums V^L terms of up to L nats each, so a step of
+    # +3.6e-12 turned up (seed 165); a real increase would be of the size of the early steps (1e-4 .. 1e-6)
+    assert np.all(np.diff(h) <= 1e-10)
     for L in (1, 3, 5):
         assert h[:L].sum() == pytest.approx(brute_force_block_entropy(p, L), abs=1e-10)
     # the belief after a prefix is the normalised forward vector
