@@ -187,7 +187,11 @@ def test_default_budget_is_equal_steps_per_process():
     assert C.default_steps(tinyseq.process("rrxor")) == C.DEFAULT_BUDGETS["rrxor"]["steps"]
     assert C.default_steps(tinyseq.process("rrxor:p1=0.3,p2=0.5")) == C.DEFAULT_BUDGETS["rrxor"]["steps"]
     assert C.default_steps(tinyseq.process("even")) == C.DEFAULT_BUDGET_OTHER["steps"]
-    assert C.default_budget(tinyseq.process("mess3*rrxor")) == C.DEFAULT_BUDGETS["rrxor"]   # the costlier part
+    both = C.default_budget(tinyseq.process("mess3*rrxor"))       # every part's steps, the costlier part's batch
+    assert both == {**C.DEFAULT_BUDGETS["rrxor"], "steps": C.DEFAULT_BUDGETS["rrxor"]["steps"] + 300}
+    assert C.default_steps(tinyseq.process("mess3*z1r")) == 600
+    mixture = tinyseq.process(os.path.join(ROOT, "examples", "two_mess3_mixture.json"))
+    assert C.default_budget(mixture) == C.DEFAULT_BUDGETS["mess3"]                    # its costliest component
     z1r = tinyseq.process("z1r")
     specs = C.run_specs(z1r, C.parse_grid("gru:ntp"), [0], steps=C.default_steps(z1r))
     assert specs[0]["budget"] == {"steps": C.DEFAULT_BUDGETS["z1r"]["steps"]}
