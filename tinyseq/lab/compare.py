@@ -4,6 +4,7 @@ one table of mean +- spread over seeds.
     variants  = parse_grid("transformer:ntp,transformer:myopia=0,gru:ntp")
     result    = run_grid(process, variants, seeds=3, seconds=40)     trains, analyses, saves, aggregates
     print(format_table(result)); print(result["sentence"])
+    results   = run_grids([plan_grid(p, variants) for p in processes])   several processes, one pool of workers
 
 A variant is ARCH:OBJECTIVE, ARCH one of transformer, rnn, gru, lstm and OBJECTIVE one of
     ntp          next-token prediction (the ordinary objective)
