@@ -55,7 +55,7 @@ from tinyseq import beliefs as B
 from tinyseq import mixture, probes, shuffle, train
 from tinyseq.errors import TinyseqError
 from tinyseq.nn.ops import softmax
-from tinyseq.nn.transformer import distinct_prefixes, prefix_levels
+from tinyseq.nn.transformer import prefix_levels
 from tinyseq.product import factor_beliefs, is_product
 
 ENUMERATE_MAX = 100_000      # enumerate every sequence when vocab ** n_ctx is at most this (mess3 n_ctx 10: 59,049)
@@ -187,7 +187,7 @@ def forward_pass(model, tokens, hooks, want_probs, want_acts):
       - else one plain pass, when model.forward(tokens) returns (logits, cache) with the hooks in the cache;
       - else .logits and .activations (two passes)."""
     tree = getattr(model, "prefix_tree_forward", None)
-    if tree is not None and distinct_prefixes(tokens) <= train.TREE_MAX_SHARE * tokens.size:
+    if tree is not None and train.prefix_tree_pays(tokens):
         return (lambda x: tree(x, hooks if want_acts else None)), FORWARD_CHUNK
     probe = np.ascontiguousarray(tokens[:1])
     if want_probs and want_acts and _forward_has_hooks(model, probe, hooks):

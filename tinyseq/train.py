@@ -278,6 +278,15 @@ def make_eval_set(process, n_ctx: int, n_sequences: int = 4096, seed: int = 0) -
     return EvalSet(np.ascontiguousarray(inputs), np.ascontiguousarray(targets), bayes, floors, exact)
 
 
+def prefix_tree_pays(tokens) -> bool:  # (N, T) int -> whether to compute each distinct prefix once
+    """At most TREE_MAX_SHARE of the positions are distinct prefixes: then a forward through the prefix tree
+    (Transformer.prefix_tree_forward) beats the plain one. Each tree position costs more than a plain one (a
+    gather of its ancestors' keys), so with little sharing (long contexts) the plain forward is faster."""
+    from tinyseq.nn.transformer import distinct_prefixes
+
+    return distinct_prefixes(tokens) <= TREE_MAX_SHARE * tokens.size
+
+
 def evaluate(model, ev: EvalSet) -> dict:
     """Loss per position next to its floor. The expected loss at position L is h(L) + E[KL(P* || model)]:
     the floor is exact and the KL, averaged over the held-out contexts, has far less sampling noise than the
@@ -290,11 +299,8 @@ def evaluate(model, ev: EvalSet) -> dict:
     # enough of them: then a chunk of EVAL_CHUNK * T sequences has at most as many rows per pass as EVAL_CHUNK
     # sequences through the plain forward
     tree = getattr(model, "prefix_tree_logits", None)
-    if tree is not None:
-        from tinyseq.nn.transformer import distinct_prefixes
-
-        if distinct_prefixes(ev.inputs) > TREE_MAX_SHARE * ev.inputs.size:
-            tree = None
+    if tree is not None and not prefix_tree_pays(ev.inputs):
+        tree = None
     chunk = EVAL_CHUNK * T if tree else EVAL_CHUNK
     for lo in range(0, N, chunk):
         hi = min(N, lo + chunk)
