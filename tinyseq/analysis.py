@@ -140,11 +140,11 @@ def run_model(model, tokens, want_probs=True, want_acts=True):
     probe = np.ascontiguousarray(tokens[:1])
     hooks = probe_hooks(list(model.activations(probe).keys())) if want_acts else None
     uniq, inverse = distinct_rows(tokens)                            # (n, T), (N,) or None: every row distinct
-    forward, chunk = forward_pass(model, uniq, hooks, want_probs, want_acts)
+    forward = forward_pass(model, uniq, hooks, want_probs, want_acts)
     n = len(uniq)
     probs = acts = None
-    for s in range(0, n, chunk):
-        logits, a = forward(np.ascontiguousarray(uniq[s:s + chunk]))
+    for s in range(0, n, FORWARD_CHUNK):
+        logits, a = forward(np.ascontiguousarray(uniq[s:s + FORWARD_CHUNK]))
         if want_probs:
             p = softmax(logits, np.float64)                                       # (c, T, V)
             if probs is None:
@@ -177,8 +177,7 @@ def distinct_rows(tokens):  # (N, T) -> distinct rows (n, T), inverse (N,) with 
 
 
 def forward_pass(model, tokens, hooks, want_probs, want_acts):
-    # (N, T), [hook] or None, bool, bool -> (chunk (c, T) -> logits (c, T, V) or None, {hook: (c, T, D)} or None),
-    #                                       sequences per chunk
+    # (N, T), [hook] or None, bool, bool -> chunk (c, T) -> logits (c, T, V) or None, {hook: (c, T, D)} or None
     """How run_model forwards `tokens`, FORWARD_CHUNK sequences at a time:
       - through the prefix tree (model.prefix_tree_forward) when at most train.TREE_MAX_SHARE of the positions
         are distinct prefixes (mess3's full tree of 10 tokens: 15%). On that tree, chunks of 40,960 sequences
@@ -188,18 +187,18 @@ def forward_pass(model, tokens, hooks, want_probs, want_acts):
       - else .logits and .activations (two passes)."""
     tree = getattr(model, "prefix_tree_forward", None)
     if tree is not None and train.prefix_tree_pays(tokens):
-        return (lambda x: tree(x, hooks if want_acts else None)), FORWARD_CHUNK
+        return lambda x: tree(x, hooks if want_acts else None)
     probe = np.ascontiguousarray(tokens[:1])
     if want_probs and want_acts and _forward_has_hooks(model, probe, hooks):
         def one_pass(x):
             logits, cache = model.forward(x)
             return logits, {h: cache[h] for h in hooks}
-        return one_pass, FORWARD_CHUNK
+        return one_pass
 
     def two_passes(x):
         full = model.activations(x) if want_acts else None
         return (model.logits(x) if want_probs else None), (None if full is None else {h: full[h] for h in hooks})
-    return two_passes, FORWARD_CHUNK
+    return two_passes
 
 
 def _forward_has_hooks(model, probe, hooks) -> bool:
