@@ -119,7 +119,7 @@ def compare_progress(out, echo, label=None):
                      f"thread{'s' if ev['threads_per_run'] > 1 else ''}")
             msg = f"{head}{ev['runs']} runs ({ev['cached']} already saved in {out}), {ev['todo']} to train {where}"
             if ev["todo"] and ev["workers"] and ev["seconds"]:
-                rounds = -(-ev.get("all_todo", ev["todo"]) // ev["workers"])
+                rounds = -(-ev["all_todo"] // ev["workers"])
                 msg += f": about {rounds * (ev['seconds'] + 8) / 60:.0f} min{' for all processes' if label else ''}"
             echo(msg)
         elif kind == "finished":

@@ -467,10 +467,11 @@ def run_grids(grids, workers=None, threads_per_run=None, dask=None) -> list[dict
 
 
 def run_cost(spec: dict) -> float:
-    """A run's expected cost for ordering the work: tokens of training (steps x batch x context), or seconds."""
+    """A run's expected cost for ordering the work: tokens of training (steps x batch x context), or its seconds
+    (one compare gives every run the same kind of budget)."""
     budget, train, model = spec["budget"], spec["train"], spec["model"]
     if "time" in budget:
-        return budget["time"] * 1e6
+        return budget["time"]
     return budget["steps"] * train["batch"] * model.get("n_ctx", 1)
 
 
@@ -510,13 +511,11 @@ def _collect(results, grids, t0):  # -> status; saves each finished run into eve
     status = "finished"
     try:
         for record in results:
-            for g in owners[record["key"]]:
-                if record["status"] not in ("finished", "failed"):
-                    status = "interrupted"           # a run stopped by Ctrl-C inside train()
-                    break
-                _deliver(g, record, t0)
-            if status == "interrupted":
+            if record["status"] not in ("finished", "failed"):
+                status = "interrupted"               # a run stopped by Ctrl-C inside train()
                 break
+            for g in owners[record["key"]]:
+                _deliver(g, record, t0)
     except KeyboardInterrupt:
         status = "interrupted"
     finally:
