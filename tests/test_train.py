@@ -319,12 +319,15 @@ def test_cli_bad_out_and_missing_process(tmp_path):
     assert code == 2 and "no checkpoint" in err and err.count("\n") == 1
 
 
-def test_cli_preset_paper(tmp_path):
-    code, stdout, err = cli_in_process(["train", "--process", "mess3", "--preset", "paper", "--steps", "1",
-                                        "--batch", "4", "--eval-sequences", "16", "--out", str(tmp_path / "p"),
-                                        "--json"])
+def _paper_preset_summary(process, out):  # one step of `train --preset paper` with an explicit batch -> summary
+    code, stdout, err = cli_in_process(["train", "--process", process, "--preset", "paper", "--steps", "1",
+                                        "--batch", "4", "--eval-sequences", "16", "--out", str(out), "--json"])
     assert code == 0, err
-    summary = json.loads(stdout)
+    return json.loads(stdout)
+
+
+def test_cli_preset_paper(tmp_path):
+    summary = _paper_preset_summary("mess3", tmp_path / "p")
     m = summary["model"]
     assert (m["n_layers"], m["d_model"], m["n_heads"], m["d_head"], m["d_mlp"], m["n_ctx"]) == (4, 64, 1, 8, 256, 10)
     assert summary["train"]["lr"] == 3e-3 and summary["train"]["batch"] == 4   # preset lr, explicit batch
@@ -334,11 +337,7 @@ def test_cli_preset_paper(tmp_path):
 def test_cli_preset_paper_rrxor_has_its_own_optimiser_settings(tmp_path):
     # the published rrxor model (ANCHORS.md: 4 layers, d_model 128, 4 heads of 16, d_mlp 512, context 10) with
     # the settings chosen for a 40 s budget (BENCHMARKS.md); an explicit option still wins over the preset
-    code, stdout, err = cli_in_process(["train", "--process", "rrxor", "--preset", "paper", "--steps", "1",
-                                        "--batch", "4", "--eval-sequences", "16", "--out", str(tmp_path / "p"),
-                                        "--json"])
-    assert code == 0, err
-    summary = json.loads(stdout)
+    summary = _paper_preset_summary("rrxor", tmp_path / "p")
     m = summary["model"]
     assert (m["n_layers"], m["d_model"], m["n_heads"], m["d_head"], m["d_mlp"], m["n_ctx"]) == (4, 128, 4, 16, 512, 10)
     t = summary["train"]

@@ -381,6 +381,8 @@ def factor_table(a: dict) -> str:
                    f"{_sci(c['mse'])}), and no code whose features each depend on one factor only, however "
                    f"nonlinear, does better (for independent factors the best additive fit to a product is linear in "
                    f"them): a joint R^2 well above it means features that combine the factors."))
+
+
 def shuffle_table(a: dict) -> str:
     """The shuffle control: R^2 before and after the unseen part of the belief is permuted, with p-values."""
     sc = a.get("shuffle_control")
