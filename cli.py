@@ -483,7 +483,7 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per variant (0..N-1).")
 @click.option("--steps-per-run", "steps", type=int, default=None,
               help="Steps of training per run, equal for every variant whatever the machine's load [default: per "
-                   "process, mess3 300, z1r 300, rrxor 4000 (at batch 64), others 400].")
+                   f"process, {compare.budgets_text()}].")
 @click.option("--time-per-run", "seconds", type=float, default=None,
               help="Seconds of training per run instead of a step budget (then slower objectives train fewer steps).")
 @click.option("--workers", type=int, default=None,

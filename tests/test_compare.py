@@ -206,3 +206,15 @@ def test_a_process_default_training_settings_reach_every_run_and_an_explicit_one
     mine = C.plan_grid(rrxor, C.parse_grid("gru:ntp"), seeds=1, steps=7, train_overrides={"batch": 32})
     assert mine.specs[0]["train"]["batch"] == 32 and mine.specs[0]["budget"] == {"steps": 7}
     assert C.plan_grid(tinyseq.process("mess3"), C.parse_grid("gru:ntp"), seeds=1).specs[0]["train"]["batch"] == 256
+    unseen = tinyseq.process(os.path.join(ROOT, "examples", "random_hmm.json"))     # no budget of its own
+    spec = C.plan_grid(unseen, C.parse_grid("transformer:ntp"), seeds=1).specs[0]
+    assert spec["train"]["batch"] == C.DEFAULT_BUDGET_OTHER.get("batch", 256)
+    assert spec["budget"] == {"steps": C.DEFAULT_BUDGET_OTHER["steps"]}
+
+
+def test_compare_help_states_every_default_budget():
+    r = cli_in_process(["compare", "--help"])
+    text = " ".join(r.stdout.split())
+    for name, budget in [*C.DEFAULT_BUDGETS.items(), ("others", C.DEFAULT_BUDGET_OTHER)]:
+        words = f"{name} {budget['steps']}" + (f" (at batch {budget['batch']})" if "batch" in budget else "")
+        assert words in text, words
