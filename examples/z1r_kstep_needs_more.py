@@ -57,16 +57,23 @@ def main(seconds=None, seed=0, threads=1, model=None, horizon=3):
     set_threads(threads)                # 1: see THREADS_NOTE
     proc = tinyseq.process("z1r")
     net = build_model("transformer", model or {}, proc.vocab, seed=seed)
-    n_ctx = net.config.n_ctx
     print(f"Training a {net.params.size:,}-parameter transformer on {proc.label} for {seconds:g} s ...")
     summary = train(proc, net, TrainConfig(time=seconds, seed=seed, threads=threads))
     a = analyse(net, proc, seed=seed, horizon=horizon)
     print(f"{summary['steps']:,} steps. " + report.loss_line(a))
     print()
     print(report.kstep_table(a))
+    rows = shortfalls(proc, net.config.n_ctx, a)
+    print()
+    print(shortfall_table(rows))
+    print()
+    explain(a, rows)
+    return {"rows": rows, "gap_nats": a["loss"]["gap_nats"]}
 
-    # shortfalls to Bayes: the exact computation runs over every prefix, the network's over held-out ones,
-    # so each is compared with the Bayes accuracy on its own rows
+
+def shortfalls(proc, n_ctx, a) -> list[dict]:
+    """Each predictor's accuracy shortfall from Bayes at each k. The exact computation runs over every prefix,
+    the network's over held-out ones, so each is compared with the Bayes accuracy on its own rows."""
     rows = []
     for r in a["kstep"]:
         only, bayes = output_only_accuracy(proc, n_ctx, r["k"])
@@ -74,53 +81,62 @@ def main(seconds=None, seed=0, threads=1, model=None, horizon=3):
                      "route": r["bayes_accuracy"] - r["belief_route_accuracy"],
                      "probe": r["bayes_accuracy"] - r["probe_accuracy"],
                      "chained": r["bayes_accuracy"] - r["rollout_accuracy"]})
+    return rows
+
+
+def shortfall_table(rows) -> str:
     table = report.tabulate([[x["k"], f"{x['bayes']:.4f}", f"{x['output_only']:.4f}", f"{x['route']:.4f}",
                               f"{x['probe']:.4f}", f"{x['chained']:.4f}"] for x in rows],
                             headers=["k", "Bayes accuracy", "exact next-token\noutput only",
                                      "network hidden state:\nprobed belief x exact map",
                                      "network hidden state:\nlogistic probe to t+k", "network output\nchained"],
                             colalign=("right",) * 6)
-    print()
-    print(report.headed("Shortfall of each predictor's accuracy from Bayes (0 = as good as the full belief). "
-                        "'exact next-token output only':\nthe best guess of x_{t+k} from P*(x_{t+1} | x_1..t) "
-                        "alone, over every sequence weighted by probability.", table))
+    return report.headed("Shortfall of each predictor's accuracy from Bayes (0 = as good as the full belief). "
+                         "'exact next-token output only':\nthe best guess of x_{t+k} from P*(x_{t+1} | x_1..t) "
+                         "alone, over every sequence weighted by probability.", table)
+
+
+def explain(a, rows) -> None:
+    """What the shortfalls mean, in sentences computed from them."""
     ranks = a["ranks"]
     short = [x for x in rows if x["output_only"] > 1e-6]
-    print()
     print(f"What it means: z1r's belief has {ranks['states']} states but the next-token map has rank "
           f"{ranks['next_token']} (the k-step marginals together: rank {ranks['kstep_marginals']}).")
-    if short:
-        worst = max(short, key=lambda x: x["output_only"])
-        print(f"Knowing only the next-token distribution costs accuracy at k = "
-              f"{', '.join(str(x['k']) for x in short)} (at k = {worst['k']}: {worst['output_only']:.4f} below "
-              f"Bayes {worst['bayes']:.4f}).")
-        loss = a["loss"]
-        route = [x for x in short if x["route"] < x["output_only"] - 1e-4]
-        chained = [x for x in short if x["chained"] < x["output_only"] - 1e-4]
-        if loss["gap_percent"] > 2:      # an untrained net's hidden state "beats" its own poor output trivially
-            print(f"The network is not trained enough to judge: its next-token loss is still "
-                  f"{loss['gap_percent']:.1f}% above the floor (train longer).")
-        else:
-            if route:
-                print(f"The network's hidden state holds what the output lacks: its linearly probed belief, pushed "
-                      f"through the exact k-step map,\nfalls short by only "
-                      f"{', '.join(format(x['route'], '.4f') for x in route)} at k = "
-                      f"{', '.join(str(x['k']) for x in route)}.")
-            else:
-                print("The network's linearly probed belief does not beat the output-only predictor yet.")
-            if chained:
-                print(f"And the network's own next-token function, chained over the intermediate tokens "
-                      f"(f(a, b, c) == g(a)(b)(c)), falls short by\n"
-                      f"{', '.join(format(x['chained'], '.4f') for x in chained)}: next-token training already "
-                      f"fixes every k-step marginal, though no single next-token output shows it.")
-            weak = [x for x in short if x["probe"] > x["route"] + 0.005]
-            if weak:
-                print(f"(A logistic probe straight to token t+k does worse, "
-                      f"{', '.join(format(x['probe'], '.4f') for x in weak)}: a probe's shortfall is a lower "
-                      f"bound on what the layer holds.)")
-    else:
+    if not short:
         print("Within this horizon the next-token output loses nothing (raise the horizon).")
-    return {"rows": rows, "gap_nats": a["loss"]["gap_nats"]}
+        return
+    worst = max(short, key=lambda x: x["output_only"])
+    print(f"Knowing only the next-token distribution costs accuracy at k = "
+          f"{', '.join(str(x['k']) for x in short)} (at k = {worst['k']}: {worst['output_only']:.4f} below "
+          f"Bayes {worst['bayes']:.4f}).")
+    if a["loss"]["gap_percent"] > 2:      # an untrained net's hidden state "beats" its own poor output trivially
+        print(f"The network is not trained enough to judge: its next-token loss is still "
+              f"{a['loss']['gap_percent']:.1f}% above the floor (train longer).")
+        return
+    explain_network(short)
+
+
+def explain_network(short) -> None:
+    """How close the network's hidden state and its chained output come, where the output alone falls short."""
+    route = [x for x in short if x["route"] < x["output_only"] - 1e-4]
+    chained = [x for x in short if x["chained"] < x["output_only"] - 1e-4]
+    if route:
+        print(f"The network's hidden state holds what the output lacks: its linearly probed belief, pushed "
+              f"through the exact k-step map,\nfalls short by only "
+              f"{', '.join(format(x['route'], '.4f') for x in route)} at k = "
+              f"{', '.join(str(x['k']) for x in route)}.")
+    else:
+        print("The network's linearly probed belief does not beat the output-only predictor yet.")
+    if chained:
+        print(f"And the network's own next-token function, chained over the intermediate tokens "
+              f"(f(a, b, c) == g(a)(b)(c)), falls short by\n"
+              f"{', '.join(format(x['chained'], '.4f') for x in chained)}: next-token training already "
+              f"fixes every k-step marginal, though no single next-token output shows it.")
+    weak = [x for x in short if x["probe"] > x["route"] + 0.005]
+    if weak:
+        print(f"(A logistic probe straight to token t+k does worse, "
+              f"{', '.join(format(x['probe'], '.4f') for x in weak)}: a probe's shortfall is a lower "
+              f"bound on what the layer holds.)")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,14 @@ def _process_json(folder, name, obj, raw=None):
 def build_files(art):
     """Every file a case points at, in the folder art: {placeholder: path}."""
     f = {"art": art}
+    _checkpoint_files(art, f)
+    _process_files(art, f)
+    _run_files(art, f)
+    return f
+
+
+def _checkpoint_files(art, f):
+    """Checkpoints good and broken, and paths that are not checkpoints, added to f."""
     mess3, z1r = tinyseq.process("mess3"), tinyseq.process("z1r")
     m3 = build_model("transformer", TINY, mess3.vocab, seed=0)
     f["ck3"] = save(os.path.join(art, "ck3.npz"), m3, process_spec=mess3.to_spec(), meta={"process": mess3.label})
@@ -115,8 +123,10 @@ def build_files(art):
     f["file"] = _write_bytes(os.path.join(art, "plain.txt"), b"a regular file\n")
     f["underfile"] = os.path.join(f["file"], "sub")          # a path below a regular file: never creatable
 
-    # process JSON files, one per way to be wrong
-    T = mess3.T.tolist()
+
+def _process_files(art, f):
+    """Process JSON files, one per way to be wrong, added to f."""
+    T, z1r = tinyseq.process("mess3").T.tolist(), tinyseq.process("z1r")
     pj = lambda name, obj=None, raw=None: _process_json(art, name, obj, raw)  # noqa: E731
     f["pj_missing"] = os.path.join(art, "missing.json")
     f["pj_dir"] = os.path.join(art, "dir.json")
@@ -141,7 +151,11 @@ def build_files(art):
     f["pj_unknownkey"] = pj("unknownkey.json", {"T": T, "colour": "red"})
     f["pj_vocab2"] = pj("vocab2.json", {"T": z1r.T.tolist()})
 
-    # training runs: one finished, one interrupted after 3 of 6 steps (an unfinished checkpoint)
+
+def _run_files(art, f):
+    """Training runs, added to f: one finished, one interrupted after 3 of 6 steps (an unfinished checkpoint),
+    and a folder holding a plain model without training state."""
+    mess3 = tinyseq.process("mess3")
     cfg = TrainConfig(steps=6, batch=8, eval_every=0, eval_sequences=64, threads=1)
     f["finished"] = os.path.join(art, "finished")
     train(mess3, build_model("transformer", TINY, 3, seed=0), cfg, out=f["finished"])
@@ -155,7 +169,6 @@ def build_files(art):
     f["plain_run"] = os.path.join(art, "plain_run")
     os.mkdir(f["plain_run"])
     shutil.copy(f["ck3"], os.path.join(f["plain_run"], "model.npz"))   # a model without training state
-    return f
 
 
 @pytest.fixture(scope="module")
