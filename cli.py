@@ -69,9 +69,11 @@ def process_group():
 
 @process_group.command("show")
 @click.argument("spec")
-@click.option("--depth", default=10, show_default=True, type=int, help="Largest block length L for h(L) and the MSP.")
+@click.option("--depth", default=None, type=int,
+              help="Largest block length L for h(L) and the MSP [default: 10, or the deepest MSP level that fits].")
 @click.option("--horizon", default=5, show_default=True, type=int, help="Largest k for k-step-ahead accuracy.")
-@click.option("--context", default=10, show_default=True, type=int, help="Context length the k-step accuracy conditions on.")
+@click.option("--context", default=None, type=int,
+              help="Context length the k-step accuracy conditions on [default: 10, or the deepest MSP level that fits].")
 @click.option("--rank-horizon", default=3, show_default=True, type=int,
               help="Future length n for the observability ranks (k-step marginals and joint futures, k <= n).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")

@@ -168,3 +168,49 @@ def test_process_facts_json_keys():
                 "msp_states", "kstep_bayes_accuracy", "kstep_marginal_accuracy", "ranks"):
         assert key in f
     assert len(f["myopic_entropy_nats"]) == 6 and len(f["kstep_bayes_accuracy"]) == 3
+
+
+# ---- process_facts when the MSP is too big for the default depth --------------------------------------
+def _never_merging_4_symbol():
+    """4 states, 4 symbols, every entry positive and generic: no two beliefs merge, so level d holds 4^d."""
+    rng = np.random.default_rng(3)
+    T = np.stack([rng.dirichlet(np.ones(16)).reshape(4, 4) for _ in range(4)], axis=1)    # (V, S, S)
+    return make_process(T, name="never_merging")
+
+
+def test_default_depth_comes_down_to_the_deepest_msp_level_that_fits(monkeypatch):
+    monkeypatch.setattr(B, "MAX_LEVEL_NODES", 1000)        # level 5 would hold 4^5 = 1,024
+    proc = _never_merging_4_symbol()
+    f = B.process_facts(proc, horizon=2)
+    assert f["depth"] == 4 and f["context"] == 4 and len(f["myopic_entropy_nats"]) == 4
+    assert "depth 4 and context 4, not 10" in f["depth_note"] and "1,024" in f["depth_note"]
+    same = B.process_facts(proc, depth=4, horizon=2, context=4)       # the facts are those of depth 4
+    assert same["depth_note"] is None
+    assert {k: v for k, v in f.items() if k != "depth_note"} == {k: v for k, v in same.items() if k != "depth_note"}
+    assert same["msp_states"] == sum(4 ** d for d in range(5))         # nothing merged: 1 + 4 + ... + 256
+    f = B.process_facts(proc, depth=3, horizon=2)                      # a given depth stays; context comes down
+    assert f["depth"] == 3 and f["context"] == 4 and f["depth_note"].startswith("context 4, not 10")
+
+
+def test_a_given_depth_or_context_that_does_not_fit_is_refused_by_name(monkeypatch):
+    monkeypatch.setattr(B, "MAX_LEVEL_NODES", 1000)
+    proc = _never_merging_4_symbol()
+    with pytest.raises(tinyseq.TinyseqError, match=r"^--depth 5: too large .* use --depth <= 4$"):
+        B.process_facts(proc, depth=5, horizon=2)
+    with pytest.raises(tinyseq.TinyseqError, match=r"^--depth 6 and --context 7: .* use --depth and --context <= 4$"):
+        B.process_facts(proc, depth=6, horizon=2, context=7)
+    with pytest.raises(tinyseq.TinyseqError, match=r"use a depth <= 4$"):            # msp itself, unchanged
+        B.msp(proc, 5)
+
+
+def test_process_show_lowers_its_default_depth_and_says_so(monkeypatch, tmp_path):
+    import json
+    from conftest import cli_in_process
+    monkeypatch.setattr(B, "MAX_LEVEL_NODES", 1000)
+    proc = _never_merging_4_symbol()
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"name": "never_merging", "T": proc.T.tolist()}))
+    r = cli_in_process(["process", "show", str(path), "--horizon", "2"])
+    assert r.returncode == 0 and "depth 4 and context 4, not 10" in " ".join(r.stdout.split())
+    r = cli_in_process(["process", "show", str(path), "--context", "7"])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--context 7" in r.stderr and "Traceback" not in r.stderr

@@ -158,6 +158,14 @@ def _merge(beliefs, probs):
     return beliefs[first], np.bincount(inv, weights=probs, minlength=len(uniq))
 
 
+class MSPTooLarge(TinyseqError):
+    """An MSP level past MAX_LEVEL_NODES: `fits` is the deepest level that can be enumerated."""
+
+    def __init__(self, message: str, fits: int, level: int, nodes: int):
+        super().__init__(message)
+        self.fits, self.level, self.nodes = fits, level, nodes
+
+
 def msp(proc, depth: int) -> MSP:
     """Enumerate the mixed-state presentation to `depth`, merging equal beliefs within each level."""
     if depth < 0:
@@ -169,8 +177,9 @@ def msp(proc, depth: int) -> MSP:
     for d in range(1, depth + 1):
         prev = levels[-1]
         if len(prev.beliefs) * proc.vocab > MAX_LEVEL_NODES:
-            raise TinyseqError(f"depth {depth} is too large for {proc.label}: level {d} would hold about "
-                               f"{len(prev.beliefs) * proc.vocab:,} beliefs; use a depth <= {d - 1}")
+            raise MSPTooLarge(f"depth {depth} is too large for {proc.label}: level {d} would hold about "
+                              f"{len(prev.beliefs) * proc.vocab:,} beliefs; use a depth <= {d - 1}",
+                              fits=d - 1, level=d, nodes=len(prev.beliefs) * proc.vocab)
         child, p = _children(proc, prev.beliefs, prev.probs)
         b, p = _merge(child, p)
         levels.append(MSPLevel(b, p))
@@ -405,19 +414,21 @@ def enumerate_sequences(proc, length: int, max_sequences: int = 2_000_000):
 MAX_FACTS_HORIZON = 1000     # largest --horizon / --rank-horizon of process_facts
 
 
-def process_facts(proc, depth: int = 10, horizon: int = 5, context: int = 10,
+DEFAULT_FACTS_DEPTH = 10     # process_facts' depth and context when not given (lowered if the MSP is too big)
+
+
+def process_facts(proc, depth: int | None = None, horizon: int = 5, context: int | None = None,
                   rank_horizon: int = RANK_HORIZON) -> dict:
-    """Everything `tinyseq process show` prints, as one JSON-able dict (nats unless the key says bits)."""
-    for name, v, lo in (("depth", depth, 1), ("horizon", horizon, 1), ("context", context, 0),
-                        ("rank-horizon", rank_horizon, 1)):
-        if not isinstance(v, (int, np.integer)) or v < lo:
-            raise TinyseqError(f"--{name} must be an integer >= {lo}, got {v}")
-    for name, v in (("horizon", horizon), ("rank-horizon", rank_horizon)):
-        if v > MAX_FACTS_HORIZON:   # one matrix power per k: a million of them is minutes for no new fact
-            raise TinyseqError(f"--{name} {v} is too large: use at most {MAX_FACTS_HORIZON}")
+    """Everything `tinyseq process show` prints, as one JSON-able dict (nats unless the key says bits).
+    depth, context: None = DEFAULT_FACTS_DEPTH, or the deepest MSP level that fits (MAX_LEVEL_NODES) if that
+    is less (e.g. 9 for a 4-symbol process whose beliefs never merge); the dict's "depth_note" then says so."""
+    given = {"depth": depth, "context": context}
+    depth = DEFAULT_FACTS_DEPTH if depth is None else depth
+    context = DEFAULT_FACTS_DEPTH if context is None else context
+    _check_facts_options(depth, horizon, context, rank_horizon)
     if is_product(proc):                     # every fact from the factors' (tinyseq/product.py)
         return product_facts(proc, depth, horizon, context, rank_horizon)
-    m = msp(proc, max(depth, context))
+    m, depth, context, note = _msp_that_fits(proc, depth, context, given)
     h = myopic_entropies(proc, depth, m)
     rate, exact = entropy_rate(proc, depth)
     ln2 = math.log(2)
@@ -449,7 +460,39 @@ def process_facts(proc, depth: int = 10, horizon: int = 5, context: int = 10,
         "ranks": observability_ranks(proc, rank_horizon),
         "belief_tolerance": BELIEF_TOL,
         "mixture": mixture_facts(proc, depth, m),       # None unless proc is a mixture
+        "depth_note": note,                             # None unless the default depth/context was lowered
     }
+
+
+def _check_facts_options(depth, horizon, context, rank_horizon) -> None:
+    for name, v, lo in (("depth", depth, 1), ("horizon", horizon, 1), ("context", context, 0),
+                        ("rank-horizon", rank_horizon, 1)):
+        if not isinstance(v, (int, np.integer)) or v < lo:
+            raise TinyseqError(f"--{name} must be an integer >= {lo}, got {v}")
+    for name, v in (("horizon", horizon), ("rank-horizon", rank_horizon)):
+        if v > MAX_FACTS_HORIZON:   # one matrix power per k: a million of them is minutes for no new fact
+            raise TinyseqError(f"--{name} {v} is too large: use at most {MAX_FACTS_HORIZON}")
+
+
+def _msp_that_fits(proc, depth, context, given):  # -> (MSP to max(depth, context), depth, context, note or None)
+    """The MSP the facts need. Too big: a default depth or context comes down to the deepest level that fits
+    (with a note saying so); a given one is refused, naming the option(s) to lower."""
+    try:
+        return msp(proc, max(depth, context)), depth, context, None
+    except MSPTooLarge as e:
+        value = {"depth": depth, "context": context}
+        too_big = [k for k in value if value[k] > e.fits]
+        refused = [k for k in too_big if given[k] is not None]
+        if refused:
+            raise TinyseqError(f"{' and '.join(f'--{k} {value[k]}' for k in refused)}: too large for "
+                               f"{proc.label}: level {e.level} of its mixed-state presentation would hold about "
+                               f"{e.nodes:,} beliefs; use {' and '.join(f'--{k}' for k in refused)} <= {e.fits}"
+                               ) from None
+        lowered = " and ".join(f"{k} {e.fits}" for k in too_big)          # defaults only, from here
+        note = (f"{lowered}, not {DEFAULT_FACTS_DEPTH}: level {e.level} of the mixed-state presentation would "
+                f"hold about {e.nodes:,} beliefs")
+        depth, context = min(depth, e.fits), min(context, e.fits)
+        return msp(proc, max(depth, context)), depth, context, note
 
 
 # ----------------------------------------------------------------------------------------------------------

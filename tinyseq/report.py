@@ -74,6 +74,8 @@ def catalogue_table(rows: list[dict]) -> str:
 def process_report(f: dict) -> str:
     out = []
     out.append(wrap(f"{f['name']}: {f['states']} hidden states, {f['vocab']} symbols ({', '.join(f['symbols'])})"))
+    if f.get("depth_note"):
+        out.append(wrap(f"({f['depth_note']}; give --depth and --context to choose)"))
     if f.get("factors"):
         out += [factors_table(f), ""]
     stat = ", ".join(f"{p:.4f}" for p in f["stationary"])
