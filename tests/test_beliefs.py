@@ -214,3 +214,17 @@ def test_process_show_lowers_its_default_depth_and_says_so(monkeypatch, tmp_path
     assert r.returncode == 0 and "depth 4 and context 4, not 10" in " ".join(r.stdout.split())
     r = cli_in_process(["process", "show", str(path), "--context", "7"])
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--context 7" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_product_lowers_every_factor_to_the_depth_the_biggest_one_allows(monkeypatch):
+    from tinyseq.product import make_product
+    monkeypatch.setattr(B, "MAX_LEVEL_NODES", 1000)
+    pair = make_product([_never_merging_4_symbol(), tinyseq.process("z1r")])
+    f = B.process_facts(pair, horizon=2)
+    assert f["depth"] == 4 and f["context"] == 4 and len(f["myopic_entropy_nats"]) == 4
+    assert [(p["depth"], p["context"]) for p in f["factors"]] == [(4, 4), (4, 4)]
+    assert f["depth_note"].startswith("never_merging: depth 4 and context 4, not 10")
+    z1r_alone = B.process_facts(tinyseq.process("z1r"), depth=4, horizon=2, context=4)
+    assert f["factors"][1]["myopic_entropy_nats"] == z1r_alone["myopic_entropy_nats"]
+    with pytest.raises(tinyseq.TinyseqError, match=r"^--depth 6: too large for never_merging"):
+        B.process_facts(pair, depth=6, horizon=2)

@@ -427,7 +427,7 @@ def process_facts(proc, depth: int | None = None, horizon: int = 5, context: int
     context = DEFAULT_FACTS_DEPTH if context is None else context
     _check_facts_options(depth, horizon, context, rank_horizon)
     if is_product(proc):                     # every fact from the factors' (tinyseq/product.py)
-        return product_facts(proc, depth, horizon, context, rank_horizon)
+        return product_facts(proc, given["depth"], horizon, given["context"], rank_horizon)
     m, depth, context, note = _msp_that_fits(proc, depth, context, given)
     h = myopic_entropies(proc, depth, m)
     rate, exact = entropy_rate(proc, depth)

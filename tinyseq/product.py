@@ -180,9 +180,14 @@ def product_myopic_entropies(proc: Product, depth: int) -> np.ndarray:  # -> (de
 
 
 def product_facts(proc: Product, depth, horizon, context, rank_horizon) -> dict:
-    """beliefs.process_facts for a product: each factor's facts, and the joint's combined from them."""
+    """beliefs.process_facts for a product: each factor's facts, and the joint's combined from them. depth and
+    context None: each factor's default; if one factor's must come down, every factor's facts use that depth."""
     from tinyseq.beliefs import (BELIEF_TOL, kstep_marginal_accuracy, observability_ranks, process_facts)
     parts = [process_facts(f, depth, horizon, context, rank_horizon) for f in proc.factors]
+    note = next((f"{f.label}: {p['depth_note']}" for f, p in zip(proc.factors, parts) if p["depth_note"]), None)
+    depth, context = min(p["depth"] for p in parts), min(p["context"] for p in parts)
+    if any(p["depth"] != depth or p["context"] != context for p in parts):     # then the same depth for all
+        parts = [process_facts(f, depth, horizon, context, rank_horizon) for f in proc.factors]
     h = np.sum([p["myopic_entropy_nats"] for p in parts], axis=0)
     rate = sum(p["entropy_rate_nats"] for p in parts)
     cmus = [p["statistical_complexity_nats"] for p in parts]
@@ -203,6 +208,6 @@ def product_facts(proc: Product, depth, horizon, context, rank_horizon) -> dict:
         "kstep_marginal_accuracy": kstep_marginal_accuracy(proc, horizon).tolist(),
         "ranks": observability_ranks(proc, rank_horizon),    # linear algebra on the joint T: no enumeration
         "belief_tolerance": BELIEF_TOL,
-        "factors": parts,
+        "factors": parts, "depth_note": note,
         "factor_dimensions": {"sum": sum(f.n_states - 1 for f in proc.factors), "joint": proc.n_states - 1},
     }
