@@ -235,14 +235,12 @@ def _attention_backward(dq, dk, dv, dk_far, dv_far, dout, q, k, v, att, scale, w
     for b in range(B):
         for n in range(NH):
             for t in range(T):
+                near = max(0, t - window)             # keys s < near are far (t - s > window): myopia's cut
                 # forward was: out[t] = sum_s att[t, s] v[s]  ->  datt[t, s] = dout[t] . v[s] ; dv[s] += att[t, s] dout[t]
                 inner = scale - scale                 # sum_s datt[t, s] att[t, s]
-                for s in range(t + 1):
-                    dvs = dv if t - s <= window else dv_far     # myopia: far keys' gradient stops at the weights
-                    d = inner - inner
-                    for h in range(HS):
-                        d += dout[b, n, t, h] * v[b, n, s, h]
-                        dvs[b, n, s, h] += att[b, n, t, s] * dout[b, n, t, h]
+                for s in range(t + 1):                # a far key's dv, dk go to the *_far buffers (the weights only)
+                    d = _dot_and_add(dout[b, n, t], v[b, n, s], dv_far[b, n, s] if s < near else dv[b, n, s],
+                                     att[b, n, t, s])
                     datt[s] = d
                     inner += d * att[b, n, t, s]
                 # forward was: att = softmax(scores) -> dscores = att * (datt - inner)
@@ -250,11 +248,24 @@ def _attention_backward(dq, dk, dv, dk_far, dv_far, dout, q, k, v, att, scale, w
                 for h in range(HS):
                     dq[b, n, t, h] = inner - inner
                 for s in range(t + 1):
-                    dks = dk if t - s <= window else dk_far
                     ds = att[b, n, t, s] * (datt[s] - inner) * scale
-                    for h in range(HS):
-                        dq[b, n, t, h] += ds * k[b, n, s, h]
-                        dks[b, n, s, h] += ds * q[b, n, t, h]
+                    _axpy_pair(dq[b, n, t], k[b, n, s], dk_far[b, n, s] if s < near else dk[b, n, s], q[b, n, t], ds)
+
+
+@njit(cache=True, fastmath=FAST, inline="always")
+def _dot_and_add(x, y, acc, a):  # -> x . y, and acc += a x (one pass over the head dimension)
+    d = a - a
+    for h in range(x.shape[0]):
+        d += x[h] * y[h]
+        acc[h] += a * x[h]
+    return d
+
+
+@njit(cache=True, fastmath=FAST, inline="always")
+def _axpy_pair(y1, x1, y2, x2, a):  # y1 += a x1 ; y2 += a x2 (one pass over the head dimension)
+    for h in range(y1.shape[0]):
+        y1[h] += a * x1[h]
+        y2[h] += a * x2[h]
 
 
 def _heads_buffer(q):  # (B, NH, T, HS) -> an empty (B, NH, T, HS) view of a (B, T, NH, HS) array
