@@ -228,3 +228,15 @@ def test_a_product_lowers_every_factor_to_the_depth_the_biggest_one_allows(monke
     assert f["factors"][1]["myopic_entropy_nats"] == z1r_alone["myopic_entropy_nats"]
     with pytest.raises(tinyseq.TinyseqError, match=r"^--depth 6: too large for never_merging"):
         B.process_facts(pair, depth=6, horizon=2)
+
+
+@pytest.mark.parametrize("name", ["z1r", "mess3"])       # an MSP that closes, and one that never does
+def test_an_msp_cut_from_a_deeper_one_is_the_shallow_msp(name):
+    proc = tinyseq.process(name)
+    cut, direct = B.msp_to(B.msp(proc, 8), 4), B.msp(proc, 4)
+    assert (cut.n_distinct, cut.finite, cut.closed_at) == (direct.n_distinct, direct.finite, direct.closed_at)
+    np.testing.assert_array_equal(cut.distinct, direct.distinct)
+    assert len(cut.levels) == len(direct.levels) == 5
+    for a, b in zip(cut.levels, direct.levels):
+        np.testing.assert_array_equal(a.beliefs, b.beliefs)
+        np.testing.assert_array_equal(a.probs, b.probs)

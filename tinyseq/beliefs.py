@@ -159,11 +159,16 @@ def _merge(beliefs, probs):
 
 
 class MSPTooLarge(TinyseqError):
-    """An MSP level past MAX_LEVEL_NODES: `fits` is the deepest level that can be enumerated."""
+    """An MSP level past MAX_LEVEL_NODES: `fits` is the deepest level that can be enumerated, and `partial()`
+    the MSP to that depth, from the levels already built (no second enumeration)."""
 
-    def __init__(self, message: str, fits: int, level: int, nodes: int):
+    def __init__(self, message: str, fits: int, level: int, nodes: int, levels: list, closed_at):
         super().__init__(message)
         self.fits, self.level, self.nodes = fits, level, nodes
+        self._levels, self._closed_at = levels, closed_at
+
+    def partial(self) -> MSP:
+        return _msp_of(self._levels, self._closed_at)
 
 
 def msp(proc, depth: int) -> MSP:
@@ -172,27 +177,37 @@ def msp(proc, depth: int) -> MSP:
         raise TinyseqError(f"depth must be >= 0, got {depth}")
     levels = [MSPLevel(proc.stationary[None, :].copy(), np.ones(1))]
     seen = {tuple(k) for k in _keys(levels[0].beliefs)}
-    all_beliefs = [levels[0].beliefs]
     closed_at = None
     for d in range(1, depth + 1):
         prev = levels[-1]
         if len(prev.beliefs) * proc.vocab > MAX_LEVEL_NODES:
             raise MSPTooLarge(f"depth {depth} is too large for {proc.label}: level {d} would hold about "
                               f"{len(prev.beliefs) * proc.vocab:,} beliefs; use a depth <= {d - 1}",
-                              fits=d - 1, level=d, nodes=len(prev.beliefs) * proc.vocab)
+                              fits=d - 1, level=d, nodes=len(prev.beliefs) * proc.vocab, levels=levels,
+                              closed_at=closed_at)
         child, p = _children(proc, prev.beliefs, prev.probs)
         b, p = _merge(child, p)
         levels.append(MSPLevel(b, p))
-        all_beliefs.append(b)
         new = [k for k in map(tuple, _keys(b)) if k not in seen]
         seen.update(new)
         if not new and closed_at is None:
             closed_at = d
-    stacked = np.vstack(all_beliefs)
+    return _msp_of(levels, closed_at)
+
+
+def _msp_of(levels, closed_at) -> MSP:
+    """The MSP of levels 0..L: the distinct beliefs over all of them (rounded to DISTINCT_DECIMALS)."""
+    stacked = np.vstack([lvl.beliefs for lvl in levels])
     _, first = np.unique(np.round(stacked, DISTINCT_DECIMALS), axis=0, return_index=True)
     distinct = stacked[np.sort(first)]
     return MSP(levels=levels, n_distinct=len(distinct), distinct=distinct,
                finite=closed_at is not None, closed_at=closed_at)
+
+
+def msp_to(m: MSP, depth: int) -> MSP:
+    """The MSP to a smaller depth, cut from a deeper one (the same levels, no new enumeration)."""
+    closed_at = m.closed_at if m.closed_at is not None and m.closed_at <= depth else None
+    return _msp_of(m.levels[:depth + 1], closed_at)
 
 
 def msp_graph(proc, max_states: int = 5000, max_depth: int = 200):
@@ -304,14 +319,15 @@ def block_entropies(proc, depth: int, m: MSP | None = None) -> np.ndarray:
     return np.cumsum(myopic_entropies(proc, depth, m))
 
 
-def entropy_rate(proc, depth: int = 10) -> tuple[float, bool]:
+def entropy_rate(proc, depth: int = 10, m: MSP | None = None) -> tuple[float, bool]:
     """(h_mu in nats, exact). Exact when the MSP is finite (average next-token entropy over recurrent
-    beliefs); otherwise the estimate h(depth), which converges from above."""
+    beliefs); otherwise the estimate h(depth), which converges from above. m: an MSP already enumerated to at
+    least depth - 1, reused for that estimate."""
     beliefs, trans, finite = msp_graph(proc)
     if finite:
         pi = _recurrent_stationary(trans)
         return float(pi @ entropy(beliefs @ proc.emission)), True
-    return float(myopic_entropies(proc, depth)[-1]), False
+    return float(myopic_entropies(proc, depth, m)[-1]), False
 
 
 def statistical_complexity(proc) -> float | None:
@@ -430,11 +446,11 @@ def process_facts(proc, depth: int | None = None, horizon: int = 5, context: int
         return product_facts(proc, given["depth"], horizon, given["context"], rank_horizon)
     m, depth, context, note = _msp_that_fits(proc, depth, context, given)
     h = myopic_entropies(proc, depth, m)
-    rate, exact = entropy_rate(proc, depth)
+    rate, exact = entropy_rate(proc, depth, m)
     ln2 = math.log(2)
     bayes = kstep_bayes_accuracy(proc, context, horizon, m)
     base = kstep_marginal_accuracy(proc, horizon)
-    m_depth = m if depth >= context else msp(proc, depth)
+    m_depth = m if depth >= context else msp_to(m, depth)
     cmu = statistical_complexity(proc)
     return {
         "name": proc.label,
@@ -491,8 +507,7 @@ def _msp_that_fits(proc, depth, context, given):  # -> (MSP to max(depth, contex
         lowered = " and ".join(f"{k} {e.fits}" for k in too_big)          # defaults only, from here
         note = (f"{lowered}, not {DEFAULT_FACTS_DEPTH}: level {e.level} of the mixed-state presentation would "
                 f"hold about {e.nodes:,} beliefs")
-        depth, context = min(depth, e.fits), min(context, e.fits)
-        return msp(proc, max(depth, context)), depth, context, note
+        return e.partial(), min(depth, e.fits), min(context, e.fits), note     # max of the two is e.fits
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -502,7 +517,7 @@ def catalogue_summary(depth: int = 10) -> list[dict]:
     for name, (_, blurb) in CATALOGUE.items():
         p = catalogue_process(name)
         m = msp(p, depth)
-        rate, exact = entropy_rate(p, depth=depth)
+        rate, exact = entropy_rate(p, depth, m)
         ranks = observability_ranks(p)
         rows.append(dict(name=p.label, states=p.n_states, vocab=p.vocab, entropy_rate_nats=rate,
                          entropy_rate_bits=rate / math.log(2), entropy_rate_exact=exact,
