@@ -186,8 +186,9 @@ def product_facts(proc: Product, depth, horizon, context, rank_horizon) -> dict:
     parts = [process_facts(f, depth, horizon, context, rank_horizon) for f in proc.factors]
     note = next((f"{f.label}: {p['depth_note']}" for f, p in zip(proc.factors, parts) if p["depth_note"]), None)
     depth, context = min(p["depth"] for p in parts), min(p["context"] for p in parts)
-    if any(p["depth"] != depth or p["context"] != context for p in parts):     # then the same depth for all
-        parts = [process_facts(f, depth, horizon, context, rank_horizon) for f in proc.factors]
+    parts = [p if (p["depth"], p["context"]) == (depth, context)              # the same depth for all: only
+             else process_facts(f, depth, horizon, context, rank_horizon)     # the factors still deeper again
+             for f, p in zip(proc.factors, parts)]
     h = np.sum([p["myopic_entropy_nats"] for p in parts], axis=0)
     rate = sum(p["entropy_rate_nats"] for p in parts)
     cmus = [p["statistical_complexity_nats"] for p in parts]
