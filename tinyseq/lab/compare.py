@@ -78,12 +78,14 @@ def default_budget(process) -> dict:
     A mixture takes its costliest component's budget (the two-mess3 mixture's transformer: 0.19% of the floor
     after 300 steps); a product the sum of its factors' steps, since the network must learn every factor at once
     (mess3*z1r's transformer: 0.88-0.92% after 300 steps, 0.47-0.51% after 600), with the costliest's settings."""
+    from tinyseq.train import TrainConfig
+
     if isinstance(process, PathStar):
         return {"steps": pathstar.TRAIN["steps"]}
     parts = getattr(process, "factors", None) or getattr(process, "components", None)
     if parts:
         budgets = [default_budget(p) for p in parts]
-        costliest = max(budgets, key=lambda b: b["steps"] * b.get("batch", 256))
+        costliest = max(budgets, key=lambda b: b["steps"] * b.get("batch", TrainConfig.batch))
         factors = getattr(process, "factors", None) is not None
         return {**costliest, "steps": sum(b["steps"] for b in budgets)} if factors else costliest
     return copy.deepcopy(DEFAULT_BUDGETS.get(process.name.split(":")[0].lower(), DEFAULT_BUDGET_OTHER))
