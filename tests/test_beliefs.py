@@ -173,9 +173,7 @@ def test_process_facts_json_keys():
 # ---- process_facts when the MSP is too big for the default depth --------------------------------------
 def _never_merging_4_symbol():
     """4 states, 4 symbols, every entry positive and generic: no two beliefs merge, so level d holds 4^d."""
-    rng = np.random.default_rng(3)
-    T = np.stack([rng.dirichlet(np.ones(16)).reshape(4, 4) for _ in range(4)], axis=1)    # (V, S, S)
-    return make_process(T, name="never_merging")
+    return random_hmm(3, V=4, S=4)
 
 
 def test_default_depth_comes_down_to_the_deepest_msp_level_that_fits(monkeypatch):
@@ -209,7 +207,7 @@ def test_process_show_lowers_its_default_depth_and_says_so(monkeypatch, tmp_path
     monkeypatch.setattr(B, "MAX_LEVEL_NODES", 1000)
     proc = _never_merging_4_symbol()
     path = tmp_path / "p.json"
-    path.write_text(json.dumps({"name": "never_merging", "T": proc.T.tolist()}))
+    path.write_text(json.dumps({"name": proc.name, "T": proc.T.tolist()}))
     r = cli_in_process(["process", "show", str(path), "--horizon", "2"])
     assert r.returncode == 0 and "depth 4 and context 4, not 10" in " ".join(r.stdout.split())
     r = cli_in_process(["process", "show", str(path), "--context", "7"])
@@ -223,10 +221,10 @@ def test_a_product_lowers_every_factor_to_the_depth_the_biggest_one_allows(monke
     f = B.process_facts(pair, horizon=2)
     assert f["depth"] == 4 and f["context"] == 4 and len(f["myopic_entropy_nats"]) == 4
     assert [(p["depth"], p["context"]) for p in f["factors"]] == [(4, 4), (4, 4)]
-    assert f["depth_note"].startswith("never_merging: depth 4 and context 4, not 10")
+    assert f["depth_note"].startswith(f"{pair.factors[0].label}: depth 4 and context 4, not 10")
     z1r_alone = B.process_facts(tinyseq.process("z1r"), depth=4, horizon=2, context=4)
     assert f["factors"][1]["myopic_entropy_nats"] == z1r_alone["myopic_entropy_nats"]
-    with pytest.raises(tinyseq.TinyseqError, match=r"^--depth 6: too large for never_merging"):
+    with pytest.raises(tinyseq.TinyseqError, match=rf"^--depth 6: too large for {pair.factors[0].label}"):
         B.process_facts(pair, depth=6, horizon=2)
 
 
