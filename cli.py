@@ -493,6 +493,9 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
 @click.option("--threads-per-run", "threads", type=int, default=None,
               help="BLAS / Numba threads of each run; workers x threads must fit the cores [default: cores / workers].")
 @click.option("--horizon", type=int, default=3, show_default=True, help="Largest k of the k-step columns.")
+@click.option("--set", "settings", multiple=True, metavar="ARCH.FIELD=VALUE",
+              help="A model setting for every run of one architecture, on top of its defaults (and of the process's: "
+                   "see --steps-per-run); repeat for several, e.g. --set transformer.n_layers=3 --set gru.hidden=32.")
 @click.option("--out", default=None, metavar="DIR",
               help="Directory for one JSON per finished run and compare.json [default: runs/compare-PROCESS; with "
                    "several processes, one subdirectory each].")
@@ -500,7 +503,7 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
               help="Run on an existing Dask cluster (scheduler address, e.g. tcp://host:8786) instead of local "
                    "workers; needs pip install 'dask[distributed]'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the aggregate as one JSON object instead of the table.")
-def compare_cmd(process_specs, grid, seeds, steps, seconds, workers, threads, horizon, out, dask, as_json):
+def compare_cmd(process_specs, grid, seeds, steps, seconds, workers, threads, horizon, settings, out, dask, as_json):
     """Train a grid of variants (architecture x objective) with several seeds, then print one table of
     mean +- spread over seeds: loss gap to the Bayes floor, gap vs NTP (the myopia gap), belief R^2 and
     k-step probe accuracy and KL next to Bayes, with one sentence saying what it shows.
@@ -509,6 +512,7 @@ def compare_cmd(process_specs, grid, seeds, steps, seconds, workers, threads, ho
         tinyseq compare --process mess3
         tinyseq compare --process mess3 --process z1r --process rrxor
         tinyseq compare --process rrxor --grid transformer:ntp,transformer:mtp=2 --seeds 2 --steps-per-run 500
+        tinyseq compare --process z1r --set transformer.n_layers=1 --set gru.hidden=32
 
     Every finished run is saved at once under --out; re-running the same command reuses it and trains only
     what is missing (a changed setting reruns). The random-init control is skipped here to keep runs cheap.
@@ -521,12 +525,13 @@ def compare_cmd(process_specs, grid, seeds, steps, seconds, workers, threads, ho
         fail(f"--time-per-run must be a positive number of seconds, got {seconds:g}")
     if steps is not None and steps < 1:
         fail(f"--steps-per-run must be a positive integer, got {steps}")
+    models = compare.parse_settings(settings)
     procs = [tinyseq.process(spec) for spec in (process_specs or ("mess3",))]
     grids = [compare.parse_grid(grid if grid is not None else compare.default_grid(p)) for p in procs]
     outs = runs.compare_outs(procs, out)
     # every process's runs go to one pool of workers (compare.run_grids), so none waits for another's last run
     planned = [compare.plan_grid(proc, variants, seeds=seeds, seconds=seconds, steps=steps, out=where,
-                                 horizon=horizon,
+                                 horizon=horizon, model_overrides=models,
                                  callback=compare_progress(where, lambda text: click.echo(text, err=True),
                                                            compare.short_label(proc.label) if len(procs) > 1 else None))
                for proc, variants, where in zip(procs, grids, outs)]

@@ -1,6 +1,7 @@
 """tinyseq compare: grid syntax, runs saved once and reused, the table and its sentence, workers, Dask."""
 import json
 import os
+import re
 import pytest
 
 import tinyseq
@@ -114,12 +115,39 @@ def test_dask_cluster(tmp_path):
     (["--workers", "64"], "cores"),
     (["--seeds", "0"], "--seeds"),
     (["--time-per-run", "-1"], "--time-per-run"),
-    (["--steps-per-run", "0"], "--steps-per-run")])
+    (["--steps-per-run", "0"], "--steps-per-run"),
+    (["--set", "transformer.n_layers"], "ARCH.FIELD=VALUE"),
+    (["--set", "n_layers=3"], "ARCH.FIELD=VALUE"),
+    (["--set", "cnn.n_layers=3"], "unknown architecture 'cnn'"),
+    (["--set", "transformer.n_layer=3"], "unknown transformer option n_layer"),
+    (["--set", "transformer.n_layers=two"], "must be an integer"),
+    (["--set", "lstm.hidden=8"], "lstm, which is not in the grid")])
 def test_cli_errors_are_one_line(args, needle, tmp_path):
     r = cli_in_process(["compare", "--out", str(tmp_path / "x"), *args])
     assert r.returncode == 2 and r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("tinyseq")
+
+
+def test_set_reads_each_setting_as_a_number_where_it_is_one():
+    assert C.parse_settings(["transformer.n_layers=3", "Transformer.act_fn=gelu", "transformer.initializer_range=0.05",
+                             "gru.hidden = 32"]) == {"transformer": {"n_layers": 3, "act_fn": "gelu",
+                                                                     "initializer_range": 0.05}, "gru": {"hidden": 32}}
+    assert C.parse_settings([]) == {}
+
+
+def test_set_reaches_every_run_of_its_architecture_and_the_table_says_so(tmp_path):
+    r = cli_in_process(["compare", "--process", "z1r", "--grid", "transformer:ntp,gru:ntp", "--seeds", "1",
+                        "--steps-per-run", "2", "--horizon", "1", "--out", str(tmp_path), "--json",
+                        *[f"--set=transformer.{k}={v}" for k, v in TINY["transformer"].items()], "--set", "gru.hidden=8"])
+    assert r.returncode == 0, r.stderr
+    runs = [json.load(open(tmp_path / "runs" / f)) for f in os.listdir(tmp_path / "runs")]
+    models = {run["spec"]["variant"]: run["spec"]["model"] for run in runs}
+    assert all(models["transformer:ntp"][k] == v for k, v in TINY["transformer"].items())
+    assert models["gru:ntp"]["hidden"] == 8 and models["gru:ntp"]["n_ctx"] == 10      # the rest stays default
+    result = json.loads(r.stdout)
+    assert result["budget"]["model"] == {"transformer": TINY["transformer"], "gru": {"hidden": 8}}
+    assert "the gru with hidden 8" in " ".join(C.format_table([result]).split())
 
 
 def test_a_starved_time_run_is_not_reused(tmp_path):
@@ -214,7 +242,28 @@ def test_a_process_default_training_settings_reach_every_run_and_an_explicit_one
 
 def test_compare_help_states_every_default_budget():
     r = cli_in_process(["compare", "--help"])
-    text = " ".join(r.stdout.split())
+    text = " ".join(r.stdout.split()).split("[default: per process, ")[1]
     for name, budget in [*C.DEFAULT_BUDGETS.items(), ("others", C.DEFAULT_BUDGET_OTHER)]:
-        words = f"{name} {budget['steps']}" + (f" (at batch {budget['batch']})" if "batch" in budget else "")
-        assert words in text, words
+        steps, said = re.search(rf"\b{name} (\d+)(?: \(([^)]*)\))?", text).groups()
+        assert int(steps) == budget["steps"], (name, steps)
+        assert ("batch" in budget) == (f"at batch {budget.get('batch')}" in (said or "")), (name, said)
+        for kind, fields in budget.get("model", {}).items():
+            assert all(f"{field} {value}" in said for field, value in fields.items()) and kind in said, said
+
+
+def test_rrxor_transformer_is_compares_deeper_model_and_a_given_field_wins(tmp_path):
+    rrxor, deeper = tinyseq.process("rrxor"), C.DEFAULT_BUDGETS["rrxor"]["model"]["transformer"]
+    grid = C.plan_grid(rrxor, C.parse_grid("transformer:ntp,transformer:mtp=2,gru:ntp"), seeds=1)
+    plain = C.plan_grid(tinyseq.process("mess3"), C.parse_grid("transformer:ntp,gru:ntp"), seeds=1)
+    base = {s["model"]["kind"]: s["model"] for s in plain.specs}
+    for s in grid.specs:
+        changed = {k for k in s["model"] if s["model"][k] != base[s["model"]["kind"]][k]} - {"d_vocab", "n_future"}
+        assert changed == (set(deeper) if s["model"]["kind"] == "transformer" else set()), s["variant"]
+    assert C.plan_grid(rrxor, C.parse_grid("gru:ntp"), seeds=1).specs       # no transformer: nothing to change
+    mine = C.plan_grid(rrxor, C.parse_grid("transformer:ntp"), seeds=1, steps=2,
+                       model_overrides={"transformer": {"d_mlp": 8, "d_model": 8, "d_head": 4}}, out=str(tmp_path))
+    model = mine.specs[0]["model"]
+    assert (model["d_mlp"], model["d_model"]) == (8, 8) and model["n_layers"] == deeper["n_layers"]
+    result = C.run_grids([mine], workers=1, threads_per_run=1)[0]
+    assert result["n_finished"] == 1
+    assert f"the transformer with n_layers {deeper['n_layers']}, d_mlp 8, d_model 8" in " ".join(C.format_table([result]).split())

@@ -63,8 +63,12 @@ DEFAULT_SECONDS = 40.0       # --time-per-run when a time budget is asked for
 # calibration found (README, "compare"; BENCHMARKS.md, "The seed's answer in minutes"). rrxor's late positions
 # (where the phase of the XOR triples must be inferred) learn faster per token from more, smaller steps: batch 64
 # with Adam's beta2 0.99 reached the line in 4,000 steps (half the tokens of 2,000 steps of batch 256, as close).
+# Its transformer has 3 blocks with MLPs of 64 (the default: 2 blocks, MLPs of 128): on calibration seeds 10-21
+# its worst gap was 0.77% against 0.84% (2 blocks), with a lower mean (0.57 against 0.72); a step costs 1.3x,
+# the three-process compare 1.13x. With 2 blocks one seed in 15 ended above 1% (compare's own seed 2).
 DEFAULT_BUDGETS = {"mess3": {"steps": 300}, "z1r": {"steps": 300},
-                   "rrxor": {"steps": 4000, "batch": 64, "betas": [0.9, 0.99]}}
+                   "rrxor": {"steps": 4000, "batch": 64, "betas": [0.9, 0.99],
+                             "model": {"transformer": {"n_layers": 3, "d_mlp": 64}}}}
 # any other process: 800 steps of batch 128. At 400 of batch 256 the transformer was within 0.12% on even,
 # golden_mean and nond but 6.87% on even:p=0.3 (one seed) and 0.54-0.87% on examples/random_hmm.json; at
 # 600 of 256 one seed in 20 of even:p=0.3 ended at 1.59%; at 800 of 128 no run of 68 (7 such processes,
@@ -94,7 +98,9 @@ def default_budget(process) -> dict:
 def budgets_text() -> str:
     """The default steps per process in words, for --help: "mess3 300, ..., others 800 (at batch 128)"."""
     def one(name, b):
-        return f"{name} {b['steps']}" + (f" (at batch {b['batch']})" if "batch" in b else "")
+        notes = ([f"at batch {b['batch']}"] if "batch" in b else []) + [
+            f"{kind} {_fields_text(m)}" for kind, m in b.get("model", {}).items()]
+        return f"{name} {b['steps']}" + (f" ({'; '.join(notes)})" if notes else "")
     return ", ".join([one(n, b) for n, b in DEFAULT_BUDGETS.items()] + [one("others", DEFAULT_BUDGET_OTHER)])
 
 
@@ -105,7 +111,13 @@ def default_steps(process) -> int:
 
 def default_train(process) -> dict:
     """The training settings compare gives every run on this process beyond the defaults (e.g. rrxor's batch)."""
-    return {k: v for k, v in default_budget(process).items() if k != "steps"}
+    return {k: v for k, v in default_budget(process).items() if k not in ("steps", "model")}
+
+
+def default_model(process, kinds) -> dict:
+    """The model settings compare gives this process's runs beyond the defaults, {kind: {field: value}}, for the
+    architectures in `kinds` (e.g. rrxor's 3-block transformer)."""
+    return {k: m for k, m in default_budget(process).get("model", {}).items() if k in kinds}
 
 
 def default_grid(process) -> str:
@@ -235,6 +247,32 @@ def run_specs(process, variants, seeds, seconds=None, steps=None, model_override
                           "train": tc.to_dict(),
                           "analysis": {"horizon": int(horizon), "random_init": None}})
     return specs
+
+
+def parse_settings(items) -> dict:
+    """["transformer.n_layers=3", "gru.hidden=32"] (compare's --set) -> {"transformer": {"n_layers": 3}, ...};
+    a value is read as an integer, else a number, else text. The names are checked where the model is made."""
+    from tinyseq.models import KINDS
+
+    settings: dict = {}
+    for item in items:
+        target, eq, text = str(item).partition("=")
+        kind, dot, field = target.strip().partition(".")
+        if not eq or not dot or not field.strip() or not text.strip():
+            raise TinyseqError(f"--set {item!r}: write ARCH.FIELD=VALUE, e.g. transformer.n_layers=3")
+        if kind.lower() not in KINDS:
+            raise TinyseqError(f"--set {item!r}: unknown architecture {kind!r}: use one of {', '.join(KINDS)}")
+        settings.setdefault(kind.lower(), {})[field.strip()] = _setting_value(text.strip())
+    return settings
+
+
+def _setting_value(text: str):  # "3" -> 3, "0.05" -> 0.05, "gelu" -> "gelu"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
 
 
 def run_key(spec: dict) -> str:
@@ -417,6 +455,7 @@ class Grid:
     out: str | None
     horizon: int
     emit: object                     # callback(event: dict)
+    models: dict = dataclasses.field(default_factory=dict)    # {kind: {field: value}} beyond the task's model
     failed: list = dataclasses.field(default_factory=list)
 
 
@@ -435,9 +474,11 @@ def plan_grid(process, variants, seeds=DEFAULT_SEEDS, seconds=None, steps=None, 
     emit = callback or (lambda event: None)
     # evaluated once, at the end: nothing shows a run's intermediate evaluations (12 ms each on rrxor, 40 a run)
     train_overrides = {"eval_every": 0, **default_train(process), **(train_overrides or {})}
+    given, defaults = model_overrides or {}, default_model(process, {v.kind for v in variants})
+    model_overrides = {k: {**defaults.get(k, {}), **given.get(k, {})} for k in {**defaults, **given}}
     specs = run_specs(process, variants, seeds, seconds, steps, model_overrides, horizon, train_overrides)
     records, todo = _saved_runs(specs, out, emit)
-    return Grid(process, variants, seeds, specs, records, todo, out, horizon, emit)
+    return Grid(process, variants, seeds, specs, records, todo, out, horizon, emit, model_overrides)
 
 
 def run_grid(process, variants, seeds=DEFAULT_SEEDS, seconds=None, steps=None, workers=None,
@@ -492,6 +533,8 @@ def _grid_result(g: Grid, status, workers, threads_per_run, dask, seconds) -> di
     """The aggregate of one grid's finished runs, with how it ran; saved as out/compare.json."""
     ordered = [g.records[run_key(s)] for s in g.specs if run_key(s) in g.records]
     budget = {**g.specs[0]["budget"], "batch": g.specs[0]["train"]["batch"]} if g.specs else None
+    if budget and any(g.models.values()):
+        budget["model"] = {kind: fields for kind, fields in g.models.items() if fields}
     result = aggregate(g.process, g.variants, g.seeds, ordered, g.horizon, budget)
     result.update({"status": status, "out": g.out, "n_runs": len(g.specs), "n_finished": len(ordered),
                    "n_failed": len(g.failed), "failed": [{"variant": f["spec"]["variant"], "seed": f["spec"]["seed"],
@@ -695,7 +738,17 @@ def _budget_text(results) -> str:  # "mess3: each variant trained 300 steps per 
         b = res.get("budget") or {}
         batch = f" of batch {b['batch']}" if "batch" in b else ""
         return (f"{b['time']:g} s" if "time" in b else f"{b['steps']:,} steps{batch}") if b else "?"
-    return "; ".join(f"{res['process']}: each variant trained {per_run(res)} per run" for res in results)
+    return "; ".join(f"{res['process']}: each variant trained {per_run(res)} per run{_model_text(res)}"
+                     for res in results)
+
+
+def _model_text(res) -> str:  # ", the transformer with n_layers 3, d_mlp 64" where a grid changes the model
+    models = (res.get("budget") or {}).get("model", {})
+    return "".join(f", the {kind} with {_fields_text(fields)}" for kind, fields in models.items())
+
+
+def _fields_text(fields: dict) -> str:  # {"n_layers": 3, "d_mlp": 64} -> "n_layers 3, d_mlp 64"
+    return ", ".join(f"{k} {v}" for k, v in fields.items())
 
 
 def _sets_text(results) -> str:  # "Analysed on mess3: all 59,049 possible sequences ...; rrxor: ..."
