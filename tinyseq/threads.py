@@ -142,8 +142,10 @@ def set_threads(n: int | None = None) -> int:
 # program, and a step takes up to 10x longer (measured: 10 steps in 6 s against 107 with one thread). Idle,
 # two threads gain only ~5% on the default model. So auto starts on 1 thread, times real training steps on 1
 # and on the free cores, keeps the extra threads only when they pay >= 10%, and drops back as soon as
-# another program takes a core. The results never depend on the count (BLAS gives the same bits here for
-# every thread count; tests/test_threads.py checks a short run), so switching mid-run is safe.
+# another program takes a core. Switching mid-run changes the numbers at most by rounding: some BLAS builds give
+# the same bits for every thread count, others (OpenBLAS 0.3.31 on an AMD EPYC, float32) round a threaded
+# product differently in the last bits; tests/test_threads.py checks a short run either way. Byte-identical
+# runs take a fixed --threads N.
 
 def _proc_stat(path: str = "/proc/stat") -> tuple[float, float] | None:
     """(busy CPU seconds summed over the cores we may run on, wall seconds) since boot, from /proc/stat
