@@ -121,6 +121,7 @@ def test_dask_cluster(tmp_path):
     (["--set", "cnn.n_layers=3"], "unknown architecture 'cnn'"),
     (["--set", "transformer.n_layer=3"], "unknown transformer option n_layer"),
     (["--set", "transformer.n_layers=two"], "must be an integer"),
+    (["--set", "transformer.n_future=3"], "use transformer:mtp=N"),
     (["--set", "lstm.hidden=8"], "lstm, which is not in the grid")])
 def test_cli_errors_are_one_line(args, needle, tmp_path):
     r = cli_in_process(["compare", "--out", str(tmp_path / "x"), *args])

@@ -262,6 +262,8 @@ def parse_settings(items) -> dict:
             raise TinyseqError(f"--set {item!r}: write ARCH.FIELD=VALUE, e.g. transformer.n_layers=3")
         if kind.lower() not in KINDS:
             raise TinyseqError(f"--set {item!r}: unknown architecture {kind!r}: use one of {', '.join(KINDS)}")
+        if field.strip() == "n_future":
+            raise TinyseqError(f"--set {item!r}: the output heads come from the grid: use {kind}:mtp=N there")
         settings.setdefault(kind.lower(), {})[field.strip()] = _setting_value(text.strip())
     return settings
 
