@@ -494,8 +494,9 @@ def demo_cmd(process_spec, kind, seconds, out, horizon, eval_set, weighting, png
               help="BLAS / Numba threads of each run; workers x threads must fit the cores [default: cores / workers].")
 @click.option("--horizon", type=int, default=3, show_default=True, help="Largest k of the k-step columns.")
 @click.option("--set", "settings", multiple=True, metavar="ARCH.FIELD=VALUE",
-              help="A model setting for every run of one architecture, on top of its defaults (and of the process's: "
-                   "see --steps-per-run); repeat for several, e.g. --set transformer.n_layers=3 --set gru.hidden=32.")
+              help="A model setting for every run of one architecture, on top of the architecture's defaults and any "
+                   "per-process settings (listed under --steps-per-run); repeat for several, e.g. --set "
+                   "transformer.n_layers=3 --set gru.hidden=32.")
 @click.option("--out", default=None, metavar="DIR",
               help="Directory for one JSON per finished run and compare.json [default: runs/compare-PROCESS; with "
                    "several processes, one subdirectory each].")

@@ -121,8 +121,8 @@ def test_dask_cluster(tmp_path):
     (["--set", "cnn.n_layers=3"], "unknown architecture 'cnn'"),
     (["--set", "transformer.n_layer=3"], "unknown transformer option n_layer"),
     (["--set", "transformer.n_layers=two"], "must be an integer"),
-    (["--set", "transformer.n_future=3"], "use transformer:mtp=N"),
-    (["--set", "lstm.hidden=8"], "lstm, which is not in the grid")])
+    (["--set", "transformer.n_future=3"], "put transformer:mtp=N in --grid"),
+    (["--set", "lstm.hidden=8"], "lstm, which the grid does not train: add e.g. lstm:ntp")])
 def test_cli_errors_are_one_line(args, needle, tmp_path):
     r = cli_in_process(["compare", "--out", str(tmp_path / "x"), *args])
     assert r.returncode == 2 and r.stdout == ""
@@ -148,7 +148,8 @@ def test_set_reaches_every_run_of_its_architecture_and_the_table_says_so(tmp_pat
     assert models["gru:ntp"]["hidden"] == 8 and models["gru:ntp"]["n_ctx"] == 10      # the rest stays default
     result = json.loads(r.stdout)
     assert result["budget"]["model"] == {"transformer": TINY["transformer"], "gru": {"hidden": 8}}
-    assert "the gru with hidden 8" in " ".join(C.format_table([result]).split())
+    assert "(transformer: n_layers 1, d_model 8" in " ".join(C.format_table([result]).split())
+    assert "(gru: hidden 8)" in " ".join(C.format_table([result]).split())
 
 
 def test_a_starved_time_run_is_not_reused(tmp_path):
@@ -267,4 +268,5 @@ def test_rrxor_transformer_is_compares_deeper_model_and_a_given_field_wins(tmp_p
     assert (model["d_mlp"], model["d_model"]) == (8, 8) and model["n_layers"] == deeper["n_layers"]
     result = C.run_grids([mine], workers=1, threads_per_run=1)[0]
     assert result["n_finished"] == 1
-    assert f"the transformer with n_layers {deeper['n_layers']}, d_mlp 8, d_model 8" in " ".join(C.format_table([result]).split())
+    header = " ".join(C.format_table([result]).split())
+    assert f"(transformer: n_layers {deeper['n_layers']}, d_mlp 8, d_model 8, d_head 4)" in header

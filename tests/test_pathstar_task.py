@@ -210,6 +210,7 @@ def test_compare_grid_on_pathstar_runs_and_tabulates():
     assert row["variant"] == "transformer:teacherless" and row["exact_match"]["n"] == 2
     text = compare.format_table(result)
     assert "(chance, ntp)" in text and "plan probe" in text and result["sentence"].startswith("On pathstar")
+    assert "(transformer: n_layers 1, d_model 8, n_heads 1, d_head 8, d_mlp 16)" in " ".join(text.split())
 
 
 def _row(variant, exact, plan, chance=0.5, later=1.0):

@@ -168,7 +168,7 @@ def test_load_meter_without_proc_stat_assumes_idle(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the count never changes the numbers, so auto may switch mid-run
+# the count changes the numbers at most by rounding (on some BLAS builds not at all), so auto may switch mid-run
 def _short_run(threads, tmp_path=None):
     """12 steps of the default mess3 transformer at batch 256 (products large enough for BLAS to split them)."""
     from tinyseq.models import build_model

@@ -12,3 +12,15 @@ def mean_spread(values) -> dict:
     if v.size == 0:
         return {"mean": None, "spread": None, "n": 0}
     return {"mean": float(v.mean()), "spread": float(v.std(ddof=1)) if v.size > 1 else None, "n": int(v.size)}
+
+
+def fields_text(fields: dict) -> str:
+    """{"n_layers": 3, "d_mlp": 64} -> "n_layers 3, d_mlp 64": model settings in the words of --set."""
+    return ", ".join(f"{k} {v}" for k, v in fields.items())
+
+
+def model_text(result: dict) -> str:
+    """" (transformer: n_layers 3, d_mlp 64)" for each architecture whose model a grid changed, for the table's
+    first line (HMM or path-star); "" when none."""
+    models = (result.get("budget") or {}).get("model", {})
+    return "".join(f" ({kind}: {fields_text(fields)})" for kind, fields in models.items())

@@ -47,6 +47,7 @@ import numpy as np
 from tinyseq import pathstar
 from tinyseq.errors import TinyseqError
 from tinyseq.lab import compare_paths
+from tinyseq.lab import fields_text, model_text
 from tinyseq.lab import mean_spread as _ms
 from tinyseq.lab.compare_paths import PATH_GRID
 from tinyseq.objectives import PATH_OBJECTIVES
@@ -99,7 +100,7 @@ def budgets_text() -> str:
     """The default steps per process in words, for --help: "mess3 300, ..., others 800 (at batch 128)"."""
     def one(name, b):
         notes = ([f"at batch {b['batch']}"] if "batch" in b else []) + [
-            f"{kind} {_fields_text(m)}" for kind, m in b.get("model", {}).items()]
+            f"{kind} {fields_text(m)}" for kind, m in b.get("model", {}).items()]
         return f"{name} {b['steps']}" + (f" ({'; '.join(notes)})" if notes else "")
     return ", ".join([one(n, b) for n, b in DEFAULT_BUDGETS.items()] + [one("others", DEFAULT_BUDGET_OTHER)])
 
@@ -223,7 +224,8 @@ def run_specs(process, variants, seeds, seconds=None, steps=None, model_override
     model_overrides = model_overrides or {}
     unknown = sorted(set(model_overrides) - {v.kind for v in variants})
     if unknown:
-        raise TinyseqError(f"model settings for {', '.join(unknown)}, which is not in the grid")
+        raise TinyseqError(f"model settings (--set) for {' and '.join(unknown)}, which the grid does not train: add "
+                           f"e.g. {unknown[0]}:ntp to the grid or drop those settings")
     specs = []
     for v in variants:
         task_model, task_train = task_defaults(process, v.kind)     # path-star: its model and settings
@@ -263,7 +265,7 @@ def parse_settings(items) -> dict:
         if kind.lower() not in KINDS:
             raise TinyseqError(f"--set {item!r}: unknown architecture {kind!r}: use one of {', '.join(KINDS)}")
         if field.strip() == "n_future":
-            raise TinyseqError(f"--set {item!r}: the output heads come from the grid: use {kind}:mtp=N there")
+            raise TinyseqError(f"--set {item!r}: the output heads come from the grid: put {kind}:mtp=N in --grid")
         settings.setdefault(kind.lower(), {})[field.strip()] = _setting_value(text.strip())
     return settings
 
@@ -740,17 +742,8 @@ def _budget_text(results) -> str:  # "mess3: each variant trained 300 steps per 
         b = res.get("budget") or {}
         batch = f" of batch {b['batch']}" if "batch" in b else ""
         return (f"{b['time']:g} s" if "time" in b else f"{b['steps']:,} steps{batch}") if b else "?"
-    return "; ".join(f"{res['process']}: each variant trained {per_run(res)} per run{_model_text(res)}"
+    return "; ".join(f"{res['process']}: each variant trained {per_run(res)} per run{model_text(res)}"
                      for res in results)
-
-
-def _model_text(res) -> str:  # ", the transformer with n_layers 3, d_mlp 64" where a grid changes the model
-    models = (res.get("budget") or {}).get("model", {})
-    return "".join(f", the {kind} with {_fields_text(fields)}" for kind, fields in models.items())
-
-
-def _fields_text(fields: dict) -> str:  # {"n_layers": 3, "d_mlp": 64} -> "n_layers 3, d_mlp 64"
-    return ", ".join(f"{k} {v}" for k, v in fields.items())
 
 
 def _sets_text(results) -> str:  # "Analysed on mess3: all 59,049 possible sequences ...; rrxor: ..."

@@ -17,6 +17,7 @@ import math
 
 from tinyseq import pathstar
 from tinyseq.lab import mean_spread as _ms
+from tinyseq.lab import model_text
 
 PATH_GRID = ("transformer:ntp,transformer:reverse,transformer:teacherless,transformer:mtp=2,gru:ntp,gru:reverse")
 LEARNED = 0.95               # exact match at or above this: the variant "reaches the paths"
@@ -79,7 +80,8 @@ def format_table(result) -> str:
         table.append(chance)
     d = result.get("task_facts", {}).get("d")
     return "\n".join([
-        wrap(f"{result['process']}: each variant trained {result['budget'].get('steps', '?')} steps per run, mean ± "
+        wrap(f"{result['process']}: each variant trained {result['budget'].get('steps', '?')} steps per run"
+             f"{model_text(result)}, mean ± "
              f"spread (standard deviation) over {len(result['seeds'])} seeds, on {result.get('n_graphs', 2000):,} "
              f"held-out graphs. exact: the whole generated path right. plan: path position 2, the step out of the "
              f"centre (chance 1/d{'' if d is None else f' = {1 / d:.3g}'}), generated and teacher-forced. later tf: "
