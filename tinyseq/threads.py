@@ -141,7 +141,7 @@ def set_threads(n: int | None = None) -> int:
 # keeping one of 2 cores busy, a 2-thread BLAS waits for a thread that the scheduler has parked behind that
 # program, and a step takes up to 10x longer (measured: 10 steps in 6 s against 107 with one thread). Idle,
 # two threads gain only ~5% on the default model. So auto starts on 1 thread, times real training steps on 1
-# and on the free cores, keeps the extra threads only when they pay >= 10%, and drops back as soon as
+# and on the free cores, keeps the extra threads only when they pay >= 5%, and drops back as soon as
 # another program takes a core. Switching mid-run changes the numbers at most by rounding: some BLAS builds give
 # the same bits for every thread count, others (OpenBLAS 0.3.31 on an AMD EPYC, float32) round a threaded
 # product differently in the last bits; tests/test_threads.py checks a short run either way. Byte-identical
@@ -237,7 +237,7 @@ class AutoThreads:
     `history` lists (step, threads, reason) for every decision. `clock` and `load` (cores busy elsewhere
     since the previous call) are injectable so tests can drive every transition deterministically."""
 
-    def __init__(self, cores: int, trial: int = 3, gain: float = 1.10, recheck: float = 1.0, start: int = 1,
+    def __init__(self, cores: int, trial: int = 3, gain: float = 1.05, recheck: float = 1.0, start: int = 1,
                  clock=time.monotonic, load=None, step: int = 0, apply=None):
         self.cores, self.trial, self.gain, self.recheck = int(cores), int(trial), float(gain), float(recheck)
         self.clock, self.apply = clock, apply     # apply(n): called whenever the count changes
