@@ -319,20 +319,21 @@ def block_entropies(proc, depth: int, m: MSP | None = None) -> np.ndarray:
     return np.cumsum(myopic_entropies(proc, depth, m))
 
 
-def entropy_rate(proc, depth: int = 10, m: MSP | None = None) -> tuple[float, bool]:
+def entropy_rate(proc, depth: int = 10, m: MSP | None = None, graph=None) -> tuple[float, bool]:
     """(h_mu in nats, exact). Exact when the MSP is finite (average next-token entropy over recurrent
     beliefs); otherwise the estimate h(depth), which converges from above. m: an MSP already enumerated to at
-    least depth - 1, reused for that estimate."""
-    beliefs, trans, finite = msp_graph(proc)
+    least depth - 1, reused for that estimate; graph: msp_graph(proc) if already built."""
+    beliefs, trans, finite = graph or msp_graph(proc)
     if finite:
         pi = _recurrent_stationary(trans)
         return float(pi @ entropy(beliefs @ proc.emission)), True
     return float(myopic_entropies(proc, depth, m)[-1]), False
 
 
-def statistical_complexity(proc) -> float | None:
-    """C_mu in nats: entropy of the long-run distribution over recurrent beliefs, when the MSP is finite."""
-    beliefs, trans, finite = msp_graph(proc)
+def statistical_complexity(proc, graph=None) -> float | None:
+    """C_mu in nats: entropy of the long-run distribution over recurrent beliefs, when the MSP is finite.
+    graph: msp_graph(proc) if already built."""
+    beliefs, trans, finite = graph or msp_graph(proc)
     if not finite:
         return None
     pi = _recurrent_stationary(trans)
@@ -446,12 +447,13 @@ def process_facts(proc, depth: int | None = None, horizon: int = 5, context: int
         return product_facts(proc, given["depth"], horizon, given["context"], rank_horizon)
     m, depth, context, note = _msp_that_fits(proc, depth, context, given)
     h = myopic_entropies(proc, depth, m)
-    rate, exact = entropy_rate(proc, depth, m)
+    graph = msp_graph(proc)                  # explored once, for the entropy rate and C_mu
+    rate, exact = entropy_rate(proc, depth, m, graph)
     ln2 = math.log(2)
     bayes = kstep_bayes_accuracy(proc, context, horizon, m)
     base = kstep_marginal_accuracy(proc, horizon)
     m_depth = m if depth >= context else msp_to(m, depth)
-    cmu = statistical_complexity(proc)
+    cmu = statistical_complexity(proc, graph)
     return {
         "name": proc.label,
         "states": proc.n_states,
