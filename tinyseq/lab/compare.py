@@ -537,8 +537,9 @@ def _grid_result(g: Grid, status, workers, threads_per_run, dask, seconds) -> di
     """The aggregate of one grid's finished runs, with how it ran; saved as out/compare.json."""
     ordered = [g.records[run_key(s)] for s in g.specs if run_key(s) in g.records]
     budget = {**g.specs[0]["budget"], "batch": g.specs[0]["train"]["batch"]} if g.specs else None
-    if budget and any(g.models.values()):
-        budget["model"] = {kind: fields for kind, fields in g.models.items() if fields}
+    models = {kind: fields for kind, fields in g.models.items() if fields}      # an empty {} changes nothing
+    if budget and models:
+        budget["model"] = models
     result = aggregate(g.process, g.variants, g.seeds, ordered, g.horizon, budget)
     result.update({"status": status, "out": g.out, "n_runs": len(g.specs), "n_finished": len(ordered),
                    "n_failed": len(g.failed), "failed": [{"variant": f["spec"]["variant"], "seed": f["spec"]["seed"],
